@@ -1,0 +1,45 @@
+# MedAnnot: `make run` sets everything up and runs the app; `make test` runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: run test install check-services migrate demo worker web lint vendor bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+check-services: install
+	@$(PY) -m medannot.preflight
+
+migrate: check-services
+	$(PY) manage.py migrate --noinput
+
+demo: migrate
+	@if [ -z "$$MEDANNOT_MODEL" ]; then $(PY) manage.py build_demo_model var/demo-model; fi
+	$(PY) manage.py seed_demo
+
+run: demo
+	@PY=$(PY) HOST=$(HOST) PORT=$(PORT) bash scripts/run.sh
+
+test: check-services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+vendor:
+	$(PY) scripts/vendor_static.py
+
+bench: install
+	$(PY) bench/drafting.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,80 @@
+"""One access helper per object kind; every view loads objects through these.
+
+A user who is not a member of a project gets 404 (its existence is not revealed);
+a member whose role lacks the capability gets 403.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404
+
+from annotations.models import Project, Role, Task
+
+
+class Can(Enum):
+    VIEW = "view"
+    REVIEW = "review"
+    UPLOAD = "upload"
+    EXPORT = "export"
+    MANAGE = "manage"
+
+
+CAPABILITIES: dict[str, frozenset[Can]] = {
+    Role.ADMIN: frozenset(Can),
+    Role.PATHOLOGIST: frozenset({Can.VIEW, Can.REVIEW}),
+    Role.RESEARCHER: frozenset({Can.VIEW, Can.UPLOAD}),
+}
+
+
+def is_site_admin(user: AbstractBaseUser) -> bool:
+    """Superusers and members of the `admin` group administer every project."""
+    return user.is_active and (user.is_superuser or user.groups.filter(name=Role.ADMIN).exists())
+
+
+def role_in(user: AbstractBaseUser, project: Project) -> str | None:
+    if not user.is_authenticated:
+        return None
+    if is_site_admin(user):
+        return Role.ADMIN
+    membership = project.memberships.filter(user=user).only("role").first()
+    return membership.role if membership else None
+
+
+def capabilities(user: AbstractBaseUser, project: Project) -> frozenset[Can]:
+    role = role_in(user, project)
+    return CAPABILITIES[role] if role else frozenset()
+
+
+def projects_for_user(user: AbstractBaseUser) -> QuerySet[Project]:
+    if not user.is_authenticated:
+        return Project.objects.none()
+    if is_site_admin(user):
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user)
+
+
+def project_for_user(user: AbstractBaseUser, project_id: int, need: Can = Can.VIEW) -> Project:
+    project = projects_for_user(user).filter(pk=project_id).first()
+    if project is None:
+        raise Http404("No such project")
+    if need not in capabilities(user, project):
+        raise PermissionDenied(f"Your role in this project cannot {need.value}.")
+    return project
+
+
+def task_for_user(user: AbstractBaseUser, task_id: int, need: Can = Can.VIEW) -> Task:
+    task = (
+        Task.objects.select_related("project", "image")
+        .filter(pk=task_id, project__in=projects_for_user(user))
+        .first()
+    )
+    if task is None:
+        raise Http404("No such task")
+    if need not in capabilities(user, task.project):
+        raise PermissionDenied(f"Your role in this project cannot {need.value}.")
+    return task

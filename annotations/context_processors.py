@@ -1,0 +1,5 @@
+from inference.backends.base import AI_NOTICE
+
+
+def notice(request):
+    return {"AI_NOTICE": AI_NOTICE}

@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotations import exports
+from annotations.models import Project
+
+
+class Command(BaseCommand):
+    help = "Export a project's validated labels."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--project", required=True)
+        parser.add_argument("--format", default="jsonl", choices=["jsonl"])
+        parser.add_argument("--out", default="-", help="output file, or - for stdout")
+
+    def handle(self, *args, project, format, out, **options):
+        target = Project.objects.filter(name=project).first()
+        if target is None:
+            raise CommandError(f"No project named {project!r}.")
+        if out == "-":
+            count = exports.write_jsonl(target, sys.stdout)
+        else:
+            path = Path(out)
+            tmp = path.with_name(path.name + ".part")
+            with tmp.open("w", encoding="utf-8") as fh:
+                count = exports.write_jsonl(target, fh)
+            tmp.replace(path)  # a reader never sees a half-written export
+        self.stderr.write(f"exported {count} label(s) from {target.name!r}")

@@ -1,0 +1,237 @@
+"""Projects, images, tasks, drafts, labels and the audit trail.
+
+Invariants live in the database (constraints), so a bug or a race ends in an error,
+not in bad data. Task state changes go through `annotations.services`.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Modality(models.TextChoices):
+    PATHOLOGY = "pathology", "Pathology"
+    DERMATOLOGY = "dermatology", "Dermatology"
+    OTHER = "other", "Other 2D imaging"
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    PATHOLOGIST = "pathologist", "Pathologist"
+    RESEARCHER = "researcher", "Researcher"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    modality = models.CharField(max_length=20, choices=Modality.choices)
+    description = models.TextField(blank=True)
+    # Blank means the modality's default (inference.prompts).
+    prompt = models.TextField(blank=True)
+    system_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(modality__in=Modality.values), name="project_modality_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} in {self.project}"
+
+
+class ImageKind(models.TextChoices):
+    SLIDE = "slide", "Whole-slide image"
+    PHOTO = "photo", "Photo"
+
+
+class Image(models.Model):
+    """One stored file, content-addressed: the same bytes are stored once."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    file = models.CharField(max_length=300, help_text="Path relative to MEDIA_ROOT")
+    original_name = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    kind = models.CharField(max_length=10, choices=ImageKind.choices)
+    format = models.CharField(max_length=20)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    levels = models.PositiveSmallIntegerField(default=1)
+    mpp_x = models.FloatField(null=True, blank=True)
+    mpp_y = models.FloatField(null=True, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(width__gt=0, height__gt=0), name="image_size_pos"),
+            models.CheckConstraint(condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="image_sha"),
+        ]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+
+class TaskState(models.TextChoices):
+    NEW = "new", "New"
+    QUEUED = "queued", "Queued"
+    DRAFTING = "drafting", "Drafting"
+    DRAFTED = "drafted", "Drafted"
+    ACCEPTED = "accepted", "Accepted"
+    EDITED = "edited", "Edited"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+
+
+class Task(models.Model):
+    """One image in one project, on its way from upload to a validated label."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="tasks")
+    state = models.CharField(max_length=10, choices=TaskState.choices, default=TaskState.NEW)
+    error = models.TextField(blank=True)
+    # Bumped at each claim by a worker; drafts are keyed by it, so a redelivery cannot duplicate.
+    attempt = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    drafting_started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "image"], name="task_image_once"),
+            models.CheckConstraint(
+                condition=Q(state__in=TaskState.values), name="task_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(state="failed") | Q(error=""), name="task_error_only_when_failed"
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "state"])]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk} ({self.state})"
+
+    @property
+    def is_decided(self) -> bool:
+        return self.state in DECIDED_STATES
+
+    def latest_draft(self) -> Draft | None:
+        return self.drafts.order_by("-created_at", "-id").first()
+
+
+DECIDED_STATES = frozenset({TaskState.ACCEPTED, TaskState.EDITED, TaskState.REJECTED})
+
+
+class Draft(models.Model):
+    """AI output for one task, with everything needed to reproduce it."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="drafts")
+    attempt = models.PositiveIntegerField()
+    text = models.TextField()
+    backend = models.CharField(max_length=100)
+    model_id = models.CharField(max_length=300)
+    model_revision = models.CharField(max_length=100, blank=True)
+    prompt = models.TextField(help_text="The exact rendered prompt")
+    system_prompt = models.TextField(blank=True)
+    instruction = models.TextField(blank=True)
+    generation = models.JSONField(default=dict)
+    tokens_in = models.PositiveIntegerField()
+    tokens_out = models.PositiveIntegerField()
+    seconds = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attempt"], name="draft_once_per_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Draft {self.pk} of task {self.task_id}"
+
+
+class Decision(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    EDITED = "edited", "Edited"
+    REJECTED = "rejected", "Rejected"
+
+
+class Label(models.Model):
+    """A reviewer's validated decision on a task's draft."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="labels")
+    draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="labels")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    text = models.TextField(blank=True, help_text="The final text: the draft, or the edit")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "reviewer"], name="label_once_per_reviewer"),
+            models.CheckConstraint(
+                condition=Q(decision__in=Decision.values), name="label_decision_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(decision="rejected") | ~Q(reason=""), name="label_reject_has_reason"
+            ),
+            models.CheckConstraint(
+                condition=Q(decision="rejected") | ~Q(text=""), name="label_kept_text_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.reviewer} on task {self.task_id}"
+
+
+class AuditEvent(models.Model):
+    """Append-only: every decision and state change, who, when, before and after."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    action = models.CharField(max_length=50)
+    # PROTECT: audited history outlives nothing it describes; the table refuses deletes.
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT)
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.action}"

@@ -1,0 +1,36 @@
+"""Reads for the pages."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q, QuerySet
+
+from annotations.models import Project, Task, TaskState
+
+
+def project_task_counts(project: Project) -> dict[str, int]:
+    rows = project.tasks.values("state").annotate(n=Count("id"))
+    counts = {state: 0 for state in TaskState.values}
+    counts.update({row["state"]: row["n"] for row in rows})
+    counts["total"] = sum(counts[s] for s in TaskState.values)
+    return counts
+
+
+def project_tasks(project: Project, *, state: str | None = None) -> QuerySet[Task]:
+    tasks = project.tasks.select_related("image").order_by("id")
+    if state:
+        tasks = tasks.filter(state=state)
+    return tasks
+
+
+def projects_with_counts(projects: QuerySet[Project]) -> QuerySet[Project]:
+    pending = Q(tasks__state__in=[TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING])
+    return projects.annotate(
+        n_tasks=Count("tasks", distinct=True),
+        n_to_review=Count("tasks", filter=Q(tasks__state=TaskState.DRAFTED), distinct=True),
+        n_pending=Count("tasks", filter=pending, distinct=True),
+    )
+
+
+def next_task_to_review(project: Project, *, after_id: int = 0) -> Task | None:
+    tasks = project.tasks.filter(state=TaskState.DRAFTED).order_by("id")
+    return tasks.filter(id__gt=after_id).first() or tasks.first()

@@ -1,0 +1,383 @@
+"""Writes that touch several models, the file store or Celery.
+
+Every task state change goes through `task_transition`, which checks the transition
+inside a transaction with the task row locked, and appends an audit event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from annotations import imaging
+from annotations.models import (
+    DECIDED_STATES,
+    AuditEvent,
+    Decision,
+    Draft,
+    Image,
+    Label,
+    Membership,
+    Modality,
+    Project,
+    Role,
+    Task,
+    TaskState,
+)
+
+log = logging.getLogger(__name__)
+
+S = TaskState
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.NEW: frozenset({S.QUEUED}),
+    S.QUEUED: frozenset({S.DRAFTING, S.FAILED}),
+    S.DRAFTING: frozenset({S.DRAFTED, S.FAILED, S.QUEUED}),
+    S.DRAFTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
+    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
+    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
+    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
+    S.FAILED: frozenset({S.QUEUED}),
+}
+
+
+class InvalidTransition(Exception):
+    """A task cannot move from its state to the one asked for."""
+
+
+class ReviewConflict(Exception):
+    """The draft a reviewer judged is no longer the task's current draft."""
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: AbstractBaseUser | None = None,
+    project: Project | None = None,
+    task: Task | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str = "",
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        action=action,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        project=project or (task.project if task else None),
+        task=task,
+        before=before,
+        after=after,
+        reason=reason,
+    )
+
+
+def task_transition(
+    *,
+    task_id: int,
+    to: str,
+    actor: AbstractBaseUser | None = None,
+    error: str = "",
+    reason: str = "",
+    allowed_from: Iterable[str] | None = None,
+) -> Task:
+    """Move a task to state `to`, or raise InvalidTransition. Locks the row."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        sources = set(allowed_from) if allowed_from is not None else None
+        if to not in TRANSITIONS[task.state] or (sources is not None and task.state not in sources):
+            raise InvalidTransition(f"task {task.pk} cannot go from {task.state} to {to}")
+        before = {"state": task.state}
+        task.state = to
+        task.error = error if to == S.FAILED else ""
+        if to == S.DRAFTING:
+            task.drafting_started_at = timezone.now()
+        task.save(update_fields=["state", "error", "drafting_started_at", "updated_at"])
+        after = {"state": to} | ({"error": error} if error else {})
+        audit_record(
+            action="task.state", actor=actor, task=task, before=before, after=after, reason=reason
+        )
+        return task
+
+
+# Projects and members --------------------------------------------------------------------
+
+
+def groups_ensure() -> dict[str, Group]:
+    """The three role groups; idempotent."""
+    return {role: Group.objects.get_or_create(name=role)[0] for role in Role.values}
+
+
+def project_create(
+    *,
+    name: str,
+    modality: str,
+    members: Iterable[tuple[AbstractBaseUser, str]] = (),
+    prompt: str = "",
+    system_prompt: str = "",
+    actor: AbstractBaseUser | None = None,
+) -> Project:
+    if modality not in Modality.values:
+        raise ValueError(f"unknown modality {modality!r}: use one of {', '.join(Modality.values)}")
+    with transaction.atomic():
+        project = Project.objects.create(
+            name=name, modality=modality, prompt=prompt, system_prompt=system_prompt
+        )
+        audit_record(
+            action="project.create",
+            actor=actor,
+            project=project,
+            after={"name": name, "modality": modality},
+        )
+        for user, role in members:
+            membership_set(project=project, user=user, role=role, actor=actor)
+    return project
+
+
+def membership_set(
+    *, project: Project, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
+) -> Membership:
+    """Give `user` a role in `project` (and the matching group)."""
+    if role not in Role.values:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(Role.values)}")
+    with transaction.atomic():
+        membership, created = Membership.objects.select_for_update().get_or_create(
+            project=project, user=user, defaults={"role": role}
+        )
+        before = None if created else {"role": membership.role}
+        if not created and membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+        user.groups.add(groups_ensure()[role])
+        if created or before != {"role": role}:
+            audit_record(
+                action="membership.set",
+                actor=actor,
+                project=project,
+                before=before,
+                after={"user": user.get_username(), "role": role},
+            )
+    return membership
+
+
+# Images and tasks -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    name: str
+    status: str  # "imported", "duplicate" or "rejected"
+    message: str = ""
+    task: Task | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "rejected"
+
+
+def image_ingest(
+    *,
+    project: Project,
+    source: Path | IO[bytes],
+    original_name: str,
+    uploaded_by: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+) -> IngestResult:
+    """Store one file, inspect it, and make it a task of `project`.
+
+    A rejected file leaves nothing behind: no row, no file. Several files are ingested
+    one by one, so one bad file never loses the rest of an upload.
+    """
+    name = Path(original_name).name[:255] or "unnamed"
+    media_root = Path(settings.MEDIA_ROOT)
+    try:
+        with imaging.staged_upload(
+            source,
+            media_root,
+            max_bytes=settings.MEDANNOT_MAX_FILE_BYTES,
+            suffix=imaging.safe_suffix(name),  # OpenSlide knows some formats by suffix
+        ) as staged:
+            existing = Image.objects.filter(sha256=staged.sha256).first()
+            info = None if existing else imaging.inspect_image(staged.temp_path)
+            try:
+                return _ingest_rows(project, staged, existing, info, name, uploaded_by, enqueue)
+            except BaseException:
+                _undo_unreferenced(staged)
+                raise
+    except imaging.ImageRejected as exc:
+        return IngestResult(name, "rejected", str(exc))
+
+
+def _undo_unreferenced(staged) -> None:
+    """The rows rolled back: drop the stored file if we created it and no row points to it."""
+    try:
+        referenced = Image.objects.filter(sha256=staged.sha256).exists()
+    except Exception:
+        referenced = True  # cannot tell: an orphan file is harmless, a lost one is not
+    if not referenced:
+        staged.undo_commit()
+
+
+def _ingest_rows(project, staged, image, info, name, uploaded_by, enqueue) -> IngestResult:
+    with transaction.atomic():
+        if image is None:
+            relpath = staged.commit(imaging.suffix_for(info, name))
+            image, _ = Image.objects.get_or_create(
+                sha256=staged.sha256,
+                defaults=dict(
+                    file=relpath,
+                    original_name=name,
+                    size_bytes=staged.size,
+                    kind=info.kind,
+                    format=info.format,
+                    width=info.width,
+                    height=info.height,
+                    levels=info.levels,
+                    mpp_x=info.mpp_x,
+                    mpp_y=info.mpp_y,
+                    uploaded_by=uploaded_by,
+                ),
+            )
+        task, created = Task.objects.get_or_create(project=project, image=image)
+        if not created:
+            return IngestResult(
+                name, "duplicate", f"already in this project as task {task.pk}", task
+            )
+        audit_record(
+            action="task.create",
+            actor=uploaded_by,
+            task=task,
+            after={"image": image.sha256, "name": name},
+        )
+        if enqueue:
+            task_enqueue(task_id=task.pk, actor=uploaded_by)
+        return IngestResult(name, "imported", "", task)
+
+
+def task_enqueue(*, task_id: int, actor: AbstractBaseUser | None = None, reason: str = "") -> Task:
+    """Queue a task for drafting; the Celery message is sent once the transaction commits."""
+    from inference.tasks import draft_task  # the web process imports tasks, never torch
+
+    with transaction.atomic():
+        task = task_transition(task_id=task_id, to=S.QUEUED, actor=actor, reason=reason)
+        # robust: a broker hiccup after commit must not undo the upload; the task stays
+        # queued and is sent again by the sweep.
+        transaction.on_commit(partial(draft_task.delay, task.pk), robust=True)
+    return task
+
+
+def task_retry(*, task_id: int, actor: AbstractBaseUser) -> Task:
+    return task_enqueue(task_id=task_id, actor=actor, reason="retry")
+
+
+# Review --------------------------------------------------------------------------------
+
+
+def label_record(
+    *,
+    task_id: int,
+    reviewer: AbstractBaseUser,
+    decision: str,
+    draft_id: int,
+    text: str = "",
+    reason: str = "",
+) -> Label:
+    """Record (or revise) `reviewer`'s decision on the draft they saw.
+
+    Accept keeps the draft text; edit stores the reviewer's text; reject needs a reason.
+    Raises ReviewConflict if a newer draft replaced the one the reviewer judged.
+    """
+    if decision not in Decision.values:
+        raise ValueError(f"unknown decision {decision!r}")
+    text, reason = text.strip(), reason.strip()
+    if decision == Decision.EDITED and not text:
+        raise ValueError("An edited label needs text.")
+    if decision == Decision.REJECTED and not reason:
+        raise ValueError("Say why the draft is rejected.")
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.state not in DECIDED_STATES and task.state != S.DRAFTED:
+            raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
+        draft = task.latest_draft()
+        if draft is None or draft.pk != draft_id:
+            raise ReviewConflict("A newer draft replaced the one you judged. Reload the task.")
+        final = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
+        label = Label.objects.filter(task=task, reviewer=reviewer).first()
+        before = _label_state(label)
+        if label is None:
+            label = Label(task=task, reviewer=reviewer)
+        label.draft, label.decision, label.text = draft, decision, final
+        label.reason = reason if decision == Decision.REJECTED else ""
+        label.save()
+        audit_record(
+            action="label.record",
+            actor=reviewer,
+            task=task,
+            before=before,
+            after=_label_state(label),
+            reason=reason,
+        )
+        task_transition(task_id=task.pk, to=decision, actor=reviewer)
+    return label
+
+
+def _label_state(label: Label | None) -> dict | None:
+    if label is None:
+        return None
+    return {
+        "decision": label.decision,
+        "text": label.text,
+        "reason": label.reason,
+        "draft": label.draft_id,
+    }
+
+
+# Drafts (called by the inference worker) -------------------------------------------------
+
+
+def task_claim(*, task_id: int) -> Task | None:
+    """Claim a queued task for drafting. None if another delivery already took it."""
+    with transaction.atomic():
+        claimed = Task.objects.filter(pk=task_id, state=S.QUEUED).update(
+            state=S.DRAFTING,
+            attempt=F("attempt") + 1,
+            drafting_started_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        if not claimed:
+            return None
+        task = Task.objects.select_related("project", "image").get(pk=task_id)
+        audit_record(
+            action="task.state",
+            task=task,
+            before={"state": S.QUEUED},
+            after={"state": S.DRAFTING, "attempt": task.attempt},
+        )
+        return task
+
+
+def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft | None:
+    """Store a draft for the claimed attempt; None if the claim was lost meanwhile."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.state != S.DRAFTING or task.attempt != attempt:
+            log.warning("task %s: attempt %s lost its claim; draft dropped", task_id, attempt)
+            return None
+        draft = Draft.objects.create(task=task, attempt=attempt, **fields)
+        task_transition(task_id=task_id, to=S.DRAFTED)
+        return draft
+
+
+def draft_fail(*, task_id: int, attempt: int, error: str) -> None:
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.state != S.DRAFTING or task.attempt != attempt:
+            return
+        task_transition(task_id=task_id, to=S.FAILED, error=error[:5000])

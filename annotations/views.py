@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from annotations import exports, health, imaging, selectors, services
+from annotations.access import Can, capabilities, project_for_user, projects_for_user, task_for_user
+from annotations.forms import DecisionForm, UploadForm
+from annotations.models import Image, TaskState
+
+PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
+
+
+@require_GET
+@login_required
+def project_list(request: HttpRequest) -> HttpResponse:
+    projects = selectors.projects_with_counts(projects_for_user(request.user))
+    return render(request, "annotations/project_list.html", {"projects": projects})
+
+
+@require_GET
+@login_required
+def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for_user(request.user, project_id)
+    state = request.GET.get("state") or None
+    if state not in TaskState.values:
+        state = None
+    counts = selectors.project_task_counts(project)
+    polling = any(counts[s] for s in PENDING)
+    context = {
+        "project": project,
+        "may": _may(request.user, project),
+        "tasks": selectors.project_tasks(project, state=state),
+        "counts": counts,
+        "state": state,
+        "state_counts": [(value, label, counts[value]) for value, label in TaskState.choices],
+        "polling": polling,
+        "gpu_workers": health.gpu_workers() if polling else None,
+    }
+    template = "annotations/project_detail.html"
+    if request.htmx and request.htmx.target == "tasks":
+        template += "#tasks"
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for_user(request.user, project_id, Can.UPLOAD)
+    results = []
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        for upload in form.cleaned_data["files"]:
+            source = (
+                upload.temporary_file_path() if hasattr(upload, "temporary_file_path") else upload
+            )
+            results.append(
+                services.image_ingest(
+                    project=project,
+                    source=Path(source) if isinstance(source, str) else source,
+                    original_name=upload.name,
+                    uploaded_by=request.user,
+                )
+            )
+    status = 200
+    if results and not all(r.ok for r in results):
+        status = 422 if not any(r.ok for r in results) else 200
+    return render(
+        request,
+        "annotations/upload.html",
+        {
+            "project": project,
+            "form": form,
+            "results": results,
+            "n_ok": sum(r.ok for r in results),
+            "n_rejected": sum(not r.ok for r in results),
+        },
+        status=status,
+    )
+
+
+@require_GET
+@login_required
+def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for_user(request.user, project_id, Can.EXPORT)
+    response = StreamingHttpResponse(
+        exports.jsonl_lines(project), content_type="application/x-ndjson; charset=utf-8"
+    )
+    filename = f"{slugify(project.name) or 'project'}-labels.jsonl"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    services.audit_record(action="project.export", actor=request.user, project=project)
+    return response
+
+
+@require_POST
+@login_required
+def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = task_for_user(request.user, task_id, Can.MANAGE)
+    if task.state == TaskState.FAILED:
+        services.task_retry(task_id=task.pk, actor=request.user)
+        messages.success(request, f"Task {task.pk} queued again.")
+    url = reverse("project-detail", args=[task.project_id])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_GET
+@login_required
+def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = task_for_user(request.user, task_id)
+    return render(request, "annotations/task_detail.html", _review_context(request, task))
+
+
+@require_POST
+@login_required
+def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = task_for_user(request.user, task_id, Can.REVIEW)
+    form = DecisionForm(request.POST)
+    status = 200
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            services.label_record(
+                task_id=task.pk,
+                reviewer=request.user,
+                decision=data["decision"],
+                draft_id=data["draft_id"],
+                text=data["text"],
+                reason=data["reason"],
+            )
+        except services.ReviewConflict as exc:
+            form.add_error(None, str(exc))
+            status = 409
+        except services.InvalidTransition as exc:
+            form.add_error(None, str(exc))
+            status = 409
+        else:
+            if not request.htmx:
+                nxt = selectors.next_task_to_review(task.project, after_id=task.pk)
+                url = (
+                    reverse("task-detail", args=[nxt.pk])
+                    if nxt
+                    else reverse("project-detail", args=[task.project_id])
+                )
+                return redirect(url)
+            task.refresh_from_db()
+            form = None
+    else:
+        status = 422
+    context = _review_context(request, task, form=form)
+    template = "annotations/task_detail.html"
+    if request.htmx:
+        template += "#decision"
+    return render(request, template, context, status=status)
+
+
+def _review_context(request: HttpRequest, task, form: DecisionForm | None = None) -> dict:
+    draft = task.latest_draft()
+    label = task.labels.filter(reviewer=request.user).select_related("draft").first()
+    if form is None and draft is not None:
+        form = DecisionForm(
+            initial={
+                "draft_id": draft.pk,
+                "text": label.text if label and label.text else draft.text,
+            }
+        )
+    return {
+        "task": task,
+        "project": task.project,
+        "image": task.image,
+        "draft": draft,
+        "label": label,
+        "other_labels": task.labels.exclude(reviewer=request.user).select_related("reviewer"),
+        "form": form,
+        "may": _may(request.user, task.project),
+        "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),
+    }
+
+
+def _may(user, project) -> dict[str, bool]:
+    """What the user may do in this project, for templates: may.review, may.upload..."""
+    granted = capabilities(user, project)
+    return {can.value: can in granted for can in Can}
+
+
+@require_GET
+@login_required
+def task_preview(request: HttpRequest, task_id: int) -> HttpResponse:
+    """A scaled JPEG of the task's image, rendered once and cached beside the media."""
+    task = task_for_user(request.user, task_id)
+    path = _preview_path(task.image)
+    if not path.exists():
+        image = task.image
+        info = imaging.ImageInfo(
+            kind=image.kind,
+            format=image.format,
+            width=image.width,
+            height=image.height,
+            levels=image.levels,
+            mpp_x=image.mpp_x,
+            mpp_y=image.mpp_y,
+        )
+        try:
+            picture = imaging.render_preview(Path(settings.MEDIA_ROOT) / image.file, info)
+        except imaging.ImageRejected:
+            return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
+        buf = io.BytesIO()
+        picture.save(buf, "JPEG", quality=85)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a JPEG
+    response = FileResponse(path.open("rb"), content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def _preview_path(image: Image) -> Path:
+    return Path(settings.MEDIA_ROOT) / "previews" / image.sha256[:2] / f"{image.sha256}.jpg"
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    state = health.status()
+    return JsonResponse(state, status=200 if state["database"] == "ok" else 503)

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from annotations import views
+
+urlpatterns = [
+    path("", views.project_list, name="project-list"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("projects/<int:project_id>/", views.project_detail, name="project-detail"),
+    path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
+    path("projects/<int:project_id>/export.jsonl", views.project_export, name="project-export"),
+    path("tasks/<int:task_id>/", views.task_detail, name="task-detail"),
+    path("tasks/<int:task_id>/decide/", views.task_decide, name="task-decide"),
+    path("tasks/<int:task_id>/retry/", views.task_retry, name="task-retry"),
+    path("tasks/<int:task_id>/preview.jpg", views.task_preview, name="task-preview"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]

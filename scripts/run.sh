@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Start a Celery worker (queues gpu and celery) in the background and the web server in
+# the foreground; stopping the server stops the worker. Safe to run again.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+mkdir -p var/log
+pidfile=var/worker.pid
+if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "stopping the worker left by an earlier run"
+  kill "$(cat "$pidfile")" && sleep 2
+fi
+"$PY" -m celery -A medannot worker -Q gpu,celery --concurrency 1 --loglevel INFO \
+  -n "local-gpu@%h" --logfile var/log/worker.log --pidfile "$pidfile" --detach
+trap 'kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true' EXIT INT TERM
+echo
+echo "  MedAnnot is starting at http://$HOST:$PORT/  (worker log: var/log/worker.log)"
+echo "  Demo logins are in var/demo-logins.txt. Stop with Ctrl+C."
+echo
+"$PY" manage.py runserver "$HOST:$PORT"

@@ -1,0 +1,56 @@
+"""Small builders for rows the tests need, without files or a worker."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+from annotations import services
+from annotations.models import Draft, Image, Task, TaskState
+
+_counter = itertools.count(1)
+
+
+def make_image(**fields) -> Image:
+    n = next(_counter)
+    defaults = dict(
+        sha256=hashlib.sha256(f"image-{n}".encode()).hexdigest(),
+        file=f"images/{n}.jpg",
+        original_name=f"image-{n}.jpg",
+        size_bytes=100,
+        kind="photo",
+        format="jpeg",
+        width=640,
+        height=480,
+    )
+    return Image.objects.create(**(defaults | fields))
+
+
+def make_task(project, *, state: str = TaskState.NEW, image: Image | None = None) -> Task:
+    return Task.objects.create(project=project, image=image or make_image(), state=state)
+
+
+def make_drafted_task(project, *, text: str = "Invasive ductal carcinoma, grade 2.") -> Task:
+    task = make_task(project, state=TaskState.QUEUED)
+    claimed = services.task_claim(task_id=task.pk)
+    services.draft_record(
+        task_id=task.pk,
+        attempt=claimed.attempt,
+        fields=dict(
+            text=text,
+            backend="test",
+            model_id="demo",
+            model_revision="sha256:0",
+            prompt="p",
+            generation={},
+            tokens_in=10,
+            tokens_out=5,
+            seconds=0.1,
+        ),
+    )
+    task.refresh_from_db()
+    return task
+
+
+def latest_draft(task: Task) -> Draft:
+    return task.latest_draft()

@@ -1,0 +1,75 @@
+"""The project page: tasks, states, htmx polling, the no-worker warning."""
+
+from django.core.cache import cache
+from django.urls import reverse
+
+from annotations import health
+from annotations.models import TaskState
+from tests.factories import make_drafted_task, make_task
+
+
+def test_it_lists_tasks_with_their_states(people, client_for):
+    make_drafted_task(people.project)
+    make_task(people.project, state=TaskState.FAILED).__class__.objects.filter(
+        state=TaskState.FAILED
+    ).update(error="CUDA out of memory")
+    body = (
+        client_for(people.pathologist)
+        .get(reverse("project-detail", args=[people.project.pk]))
+        .content.decode()
+    )
+    assert "Drafted" in body and "Failed" in body and "CUDA out of memory" in body
+
+
+def test_it_polls_while_tasks_are_drafting(people, client_for):
+    make_task(people.project, state=TaskState.QUEUED)
+    cache.set(health._WORKERS_KEY, ["gpu@host"])
+    body = (
+        client_for(people.pathologist)
+        .get(reverse("project-detail", args=[people.project.pk]))
+        .content.decode()
+    )
+    assert 'hx-trigger="every 2s"' in body
+    assert "No drafting worker" not in body
+
+
+def test_it_stops_polling_when_nothing_is_pending(people, client_for):
+    make_drafted_task(people.project)
+    body = (
+        client_for(people.pathologist)
+        .get(reverse("project-detail", args=[people.project.pk]))
+        .content.decode()
+    )
+    assert "hx-trigger" not in body
+
+
+def test_it_warns_when_no_worker_consumes_the_gpu_queue(people, client_for):
+    make_task(people.project, state=TaskState.QUEUED)
+    cache.set(health._WORKERS_KEY, [])
+    body = (
+        client_for(people.pathologist)
+        .get(reverse("project-detail", args=[people.project.pk]))
+        .content.decode()
+    )
+    assert "No drafting worker is running" in body
+
+
+def test_the_htmx_poll_returns_only_the_tasks_partial(people, client_for):
+    make_task(people.project, state=TaskState.QUEUED)
+    cache.set(health._WORKERS_KEY, ["gpu@host"])
+    response = client_for(people.pathologist).get(
+        reverse("project-detail", args=[people.project.pk]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_TARGET="tasks",
+    )
+    body = response.content.decode()
+    assert body.lstrip().startswith('<section id="tasks"') and "<html" not in body
+
+
+def test_an_admin_can_retry_a_failed_task(people, client_for, django_capture_on_commit_callbacks):
+    task = make_task(people.project, state=TaskState.FAILED)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client_for(people.admin).post(reverse("task-retry", args=[task.pk]))
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert task.state == TaskState.QUEUED
