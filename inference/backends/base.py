@@ -34,6 +34,10 @@ class DraftResult:
     model_revision: str
     backend: str
     generation: dict[str, Any] = field(default_factory=dict)
+    # MedGemma 1.5 may think aloud (<unused94>...<unused95>) before answering: kept apart.
+    thinking: str = ""
+    # True when generation hit max_new_tokens before a stop token.
+    truncated: bool = False
 
 
 class BackendError(Exception):
