@@ -27,9 +27,8 @@ class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     modality = models.CharField(max_length=20, choices=Modality.choices)
     description = models.TextField(blank=True)
-    # Blank means the modality's default (inference.prompts).
-    prompt = models.TextField(blank=True)
-    system_prompt = models.TextField(blank=True)
+    # Whole-slide patch selection (inference.patches.PatchSettings); empty means the defaults.
+    slide_settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
@@ -45,6 +44,34 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def current_prompt(self) -> PromptTemplate | None:
+        """The newest prompt template, or None for the modality's default."""
+        return self.prompt_templates.order_by("-version").first()
+
+
+class PromptTemplate(models.Model):
+    """One version of a project's prompt. Never edited: a change is a new version, so every
+    draft keeps pointing at the exact template that produced it."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompt_templates")
+    version = models.PositiveIntegerField()
+    system = models.TextField(blank=True)
+    instruction = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="prompt_version_once"),
+            models.CheckConstraint(condition=~Q(instruction=""), name="prompt_has_instruction"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} prompt v{self.version}"
 
 
 class Membership(models.Model):
@@ -117,6 +144,8 @@ class Task(models.Model):
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="tasks")
     state = models.CharField(max_length=10, choices=TaskState.choices, default=TaskState.NEW)
     error = models.TextField(blank=True)
+    # Manifest fields (organ, procedure, ...) that prompt templates can use.
+    metadata = models.JSONField(default=dict, blank=True)
     # Bumped at each claim by a worker; drafts are keyed by it, so a redelivery cannot duplicate.
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -162,10 +191,19 @@ class Draft(models.Model):
     prompt = models.TextField(help_text="The exact rendered prompt")
     system_prompt = models.TextField(blank=True)
     instruction = models.TextField(blank=True)
+    # Null: the modality's built-in default prompt.
+    prompt_template = models.ForeignKey(
+        PromptTemplate, null=True, blank=True, on_delete=models.PROTECT, related_name="drafts"
+    )
+    thinking = models.TextField(blank=True, help_text="The model's thinking trace, kept apart")
+    truncated = models.BooleanField(default=False, help_text="Hit the token limit")
+    # What the model saw of a slide: level-0 regions with size and microns per pixel.
+    regions = models.JSONField(default=list, blank=True)
     generation = models.JSONField(default=dict)
     tokens_in = models.PositiveIntegerField()
     tokens_out = models.PositiveIntegerField()
-    seconds = models.FloatField()
+    seconds = models.FloatField(help_text="Seconds in generate (shared by a batch)")
+    seconds_total = models.FloatField(default=0, help_text="Seconds from claim to stored draft")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,7 @@ from annotations.models import (
     Membership,
     Modality,
     Project,
+    PromptTemplate,
     Role,
     Task,
     TaskState,
@@ -43,9 +45,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.DRAFTING, S.FAILED}),
     S.DRAFTING: frozenset({S.DRAFTED, S.FAILED, S.QUEUED}),
     S.DRAFTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
-    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
-    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
-    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED}),
+    # A decided task may be drafted again (another model or prompt); its labels stay.
+    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
+    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
+    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED}),
 }
 
@@ -122,13 +125,14 @@ def project_create(
     members: Iterable[tuple[AbstractBaseUser, str]] = (),
     prompt: str = "",
     system_prompt: str = "",
+    slide_settings: dict | None = None,
     actor: AbstractBaseUser | None = None,
 ) -> Project:
     if modality not in Modality.values:
         raise ValueError(f"unknown modality {modality!r}: use one of {', '.join(Modality.values)}")
     with transaction.atomic():
         project = Project.objects.create(
-            name=name, modality=modality, prompt=prompt, system_prompt=system_prompt
+            name=name, modality=modality, slide_settings=slide_settings or {}
         )
         audit_record(
             action="project.create",
@@ -136,9 +140,44 @@ def project_create(
             project=project,
             after={"name": name, "modality": modality},
         )
+        if prompt.strip():
+            prompt_template_save(
+                project=project, instruction=prompt, system=system_prompt, actor=actor
+            )
         for user, role in members:
             membership_set(project=project, user=user, role=role, actor=actor)
     return project
+
+
+def prompt_template_save(
+    *, project: Project, instruction: str, system: str = "", actor: AbstractBaseUser | None = None
+) -> PromptTemplate:
+    """Save a project's prompt as a new version; drafts keep the version they were made with."""
+    from inference.prompts import validate_template
+
+    instruction, system = instruction.strip(), system.strip()
+    if not instruction:
+        raise ValueError("A prompt needs an instruction.")
+    validate_template(instruction)
+    validate_template(system)
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)  # serialise version numbers
+        current = project.current_prompt()
+        template = PromptTemplate.objects.create(
+            project=project,
+            version=(current.version + 1) if current else 1,
+            instruction=instruction,
+            system=system,
+            created_by=actor,
+        )
+        audit_record(
+            action="prompt.save",
+            actor=actor,
+            project=project,
+            before={"version": current.version} if current else None,
+            after={"version": template.version, "system": system, "instruction": instruction},
+        )
+    return template
 
 
 def membership_set(
@@ -277,6 +316,23 @@ def task_retry(*, task_id: int, actor: AbstractBaseUser) -> Task:
     return task_enqueue(task_id=task_id, actor=actor, reason="retry")
 
 
+def tasks_retry_failed(*, project: Project, actor: AbstractBaseUser) -> int:
+    """Queue every failed task of a project again; returns how many."""
+    count = 0
+    for task_id in project.tasks.filter(state=S.FAILED).values_list("id", flat=True):
+        try:
+            task_retry(task_id=task_id, actor=actor)
+            count += 1
+        except InvalidTransition:
+            continue  # retried by someone else meanwhile
+    return count
+
+
+def task_redraft(*, task_id: int, actor: AbstractBaseUser) -> Task:
+    """Draft a task again (another model or prompt): a new draft, the old one kept."""
+    return task_enqueue(task_id=task_id, actor=actor, reason="redraft")
+
+
 # Review --------------------------------------------------------------------------------
 
 
@@ -343,24 +399,78 @@ def _label_state(label: Label | None) -> dict | None:
 
 
 def task_claim(*, task_id: int) -> Task | None:
-    """Claim a queued task for drafting. None if another delivery already took it."""
+    """Claim one queued task for drafting. None if another delivery already took it."""
+    claimed = tasks_claim(limit=1, task_ids=[task_id])
+    return claimed[0] if claimed else None
+
+
+def tasks_claim(
+    *, limit: int, project_id: int | None = None, task_ids: Iterable[int] | None = None
+) -> list[Task]:
+    """Claim up to `limit` queued tasks, oldest first, for one drafting batch.
+
+    Rows locked by another worker's claim are skipped, not waited for, so several GPU
+    workers share the queue without blocking each other. Each claim bumps the task's
+    attempt: a draft is stored only for the attempt that claimed it.
+    """
     with transaction.atomic():
-        claimed = Task.objects.filter(pk=task_id, state=S.QUEUED).update(
-            state=S.DRAFTING,
-            attempt=F("attempt") + 1,
-            drafting_started_at=timezone.now(),
-            updated_at=timezone.now(),
+        queued = Task.objects.select_for_update(skip_locked=True).filter(state=S.QUEUED)
+        if project_id is not None:
+            queued = queued.filter(project_id=project_id)
+        if task_ids is not None:
+            queued = queued.filter(pk__in=list(task_ids))
+        ids = list(queued.order_by("id").values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        now = timezone.now()
+        Task.objects.filter(pk__in=ids).update(
+            state=S.DRAFTING, attempt=F("attempt") + 1, drafting_started_at=now, updated_at=now
         )
-        if not claimed:
-            return None
-        task = Task.objects.select_related("project", "image").get(pk=task_id)
-        audit_record(
-            action="task.state",
-            task=task,
-            before={"state": S.QUEUED},
-            after={"state": S.DRAFTING, "attempt": task.attempt},
+        tasks = list(
+            Task.objects.select_related("project", "image").filter(pk__in=ids).order_by("id")
         )
-        return task
+        AuditEvent.objects.bulk_create(
+            AuditEvent(
+                action="task.state",
+                project_id=t.project_id,
+                task=t,
+                before={"state": S.QUEUED},
+                after={"state": S.DRAFTING, "attempt": t.attempt},
+            )
+            for t in tasks
+        )
+        return tasks
+
+
+def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
+    """Put back tasks whose drafting worker died: drafting for longer than the lease.
+
+    Their late result, if the worker was only slow, is dropped by the attempt check, so a
+    task still ends with exactly one draft.
+    """
+    from inference.tasks import draft_task
+
+    cutoff = timezone.now() - timedelta(seconds=lease_seconds)
+    stuck = list(
+        Task.objects.filter(state=S.DRAFTING, drafting_started_at__lt=cutoff).values_list(
+            "id", flat=True
+        )
+    )
+    swept = []
+    for task_id in stuck:
+        try:
+            with transaction.atomic():
+                task_transition(
+                    task_id=task_id,
+                    to=S.QUEUED,
+                    allowed_from=[S.DRAFTING],
+                    reason=f"no draft after {lease_seconds} s: the worker was lost",
+                )
+                transaction.on_commit(partial(draft_task.delay, task_id), robust=True)
+            swept.append(task_id)
+        except InvalidTransition:
+            continue  # finished meanwhile
+    return swept
 
 
 def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft | None:

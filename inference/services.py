@@ -1,86 +1,286 @@
-"""Drafting: one claimed task in, one stored draft (or a visible failure) out."""
+"""Drafting: claimed tasks in, stored drafts (or visible failures) out, in batches.
+
+A `DraftingLoop` keeps the device busy: while one batch generates, a preparer thread
+claims the next batch and builds its inputs (images read, slide patches cut, tensors
+built), and a recorder thread writes finished drafts to the database.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections, connection
 
 from annotations import imaging, services
-from annotations.models import Draft
-from inference.backends import BackendError, DraftRequest, get_backend
+from annotations.models import Draft, Task
+from inference.backends import BackendError, DraftRequest, DraftResult, get_backend
 from inference.prompts import prompt_for
 
 log = logging.getLogger(__name__)
 
 
-def draft_run(*, task_id: int) -> Draft | None:
-    """Draft one queued task. Idempotent: a second delivery finds it claimed and does nothing."""
-    task = services.task_claim(task_id=task_id)
-    if task is None:
-        log.info("task %s is not queued; nothing to do", task_id)
-        return None
-    started = time.perf_counter()
+@dataclass
+class Job:
+    """One claimed task on its way through the loop."""
+
+    task_id: int
+    attempt: int
+    claimed_at: float
+    request: DraftRequest | None = None
+    regions: list[dict] = field(default_factory=list)
+    prompt_template_id: int | None = None
+    error: str = ""
+
+
+@dataclass
+class LoopStats:
+    drafts: int = 0
+    failed: int = 0
+    batches: int = 0
+    wall_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def idle_share(self) -> float:
+        """Share of the loop's wall time with no generate call running."""
+        if not self.wall_seconds:
+            return 0.0
+        return max(0.0, 1 - self.generate_seconds / self.wall_seconds)
+
+
+def job_prepare(task: Task) -> Job:
+    """Read the task's image (or cut its slide's patches) and render its prompt."""
+    job = Job(task_id=task.pk, attempt=task.attempt, claimed_at=time.perf_counter())
     try:
-        request = draft_request_for(task)
-        result = get_backend().draft(request)
-        if not result.text.strip():
-            raise BackendError("the model returned an empty draft", permanent=True)
-    except BackendError as exc:
-        services.draft_fail(task_id=task.pk, attempt=task.attempt, error=str(exc))
-        return None
-    except imaging.ImageRejected as exc:
-        services.draft_fail(task_id=task.pk, attempt=task.attempt, error=f"image unreadable: {exc}")
-        return None
-    except Exception as exc:
-        log.exception("task %s: drafting failed", task_id)
-        services.draft_fail(
-            task_id=task.pk, attempt=task.attempt, error=f"{type(exc).__name__}: {exc}"
+        image = task.image
+        path = Path(settings.MEDIA_ROOT) / image.file
+        if image.kind == "slide":
+            from inference import patches
+
+            plan = patches.plan_patches(
+                path, patches.PatchSettings.from_dict(task.project.slide_settings)
+            )
+            pictures = patches.read_patches(path, plan)
+            job.regions = [region.as_dict() for region in plan.regions]
+        else:
+            info = imaging.ImageInfo(
+                kind=image.kind,
+                format=image.format,
+                width=image.width,
+                height=image.height,
+                levels=image.levels,
+                mpp_x=image.mpp_x,
+                mpp_y=image.mpp_y,
+            )
+            pictures = [imaging.load_for_model(path, info, size=settings.MEDANNOT_MODEL_IMAGE_SIZE)]
+        template = task.project.current_prompt()
+        prompt = prompt_for(modality=task.project.modality, template=template, fields=task.metadata)
+        job.prompt_template_id = template.pk if template else None
+        job.request = DraftRequest(
+            images=pictures,
+            instruction=prompt.instruction,
+            system=prompt.system,
+            max_new_tokens=settings.MEDANNOT_MAX_NEW_TOKENS,
         )
-        return None
-    generation = dict(result.generation) | {"seconds_total": time.perf_counter() - started}
-    return services.draft_record(
-        task_id=task.pk,
-        attempt=task.attempt,
-        fields=dict(
-            text=result.text.strip(),
-            backend=result.backend,
-            model_id=result.model_id,
-            model_revision=result.model_revision,
-            prompt=result.prompt,
-            system_prompt=request.system,
-            instruction=request.instruction,
-            generation=generation,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            seconds=result.seconds,
-        ),
+    except imaging.ImageRejected as exc:
+        job.error = f"image unreadable: {exc}"
+    except (ValueError, OSError) as exc:
+        job.error = f"could not prepare the image: {exc}"
+    return job
+
+
+def _draft_fields(job: Job, result: DraftResult) -> dict[str, Any]:
+    return dict(
+        text=result.text.strip(),
+        thinking=result.thinking,
+        truncated=result.truncated,
+        backend=result.backend,
+        model_id=result.model_id,
+        model_revision=result.model_revision,
+        prompt=result.prompt,
+        system_prompt=job.request.system,
+        instruction=job.request.instruction,
+        prompt_template_id=job.prompt_template_id,
+        regions=job.regions,
+        generation=result.generation,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+        seconds=result.seconds,
+        seconds_total=time.perf_counter() - job.claimed_at,
     )
 
 
-def draft_request_for(task) -> DraftRequest:
-    image = task.image
-    info = imaging.ImageInfo(
-        kind=image.kind,
-        format=image.format,
-        width=image.width,
-        height=image.height,
-        levels=image.levels,
-        mpp_x=image.mpp_x,
-        mpp_y=image.mpp_y,
+def job_record(job: Job, result: DraftResult | BackendError | None) -> Draft | None:
+    """Store a job's outcome: its draft, or its failure shown on the task."""
+    if isinstance(result, DraftResult) and not result.text.strip():
+        note = " (the token limit was hit inside a thinking trace)" if result.thinking else ""
+        result = BackendError(f"the model returned an empty draft{note}", permanent=True)
+    if isinstance(result, DraftResult):
+        return services.draft_record(
+            task_id=job.task_id, attempt=job.attempt, fields=_draft_fields(job, result)
+        )
+    error = job.error or str(result or "no result")
+    services.draft_fail(task_id=job.task_id, attempt=job.attempt, error=error)
+    return None
+
+
+def _is_oom(exc: BackendError) -> bool:
+    return not exc.permanent and "memory" in str(exc).lower()
+
+
+class DraftingLoop:
+    """Drain queued tasks in batches of `batch_size`, preparing the next batch while the
+    current one generates. One bad image fails its own task, never its batch-mates; out of
+    memory halves the batch, down to a single task that then fails with the error shown."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int | None = None,
+        project_id: int | None = None,
+        backend=None,
+        max_seconds: float | None = None,
+        max_batches: int | None = None,
+    ) -> None:
+        self.batch_size = max(1, batch_size or settings.MEDANNOT_BATCH_SIZE)
+        self.project_id = project_id
+        self.backend = backend
+        # Stop claiming after this long, so that a Celery task stays inside its time limit.
+        self.max_seconds = (
+            max_seconds if max_seconds is not None else settings.MEDANNOT_LOOP_SECONDS
+        )
+        self.max_batches = max_batches
+        self.stats = LoopStats()
+
+    # The three stages ---------------------------------------------------------------------
+
+    def _prepare_batches(self, out: queue.Queue, stop: threading.Event, started: float) -> None:
+        try:
+            batches = 0
+            while not stop.is_set():
+                if time.perf_counter() - started > self.max_seconds:
+                    break
+                if self.max_batches is not None and batches >= self.max_batches:
+                    break
+                tasks = services.tasks_claim(limit=self.batch_size, project_id=self.project_id)
+                if not tasks:
+                    break
+                batches += 1
+                jobs = [job_prepare(task) for task in tasks]
+                ready = [job for job in jobs if not job.error]
+                for job in jobs:
+                    if job.error:
+                        out.put(("failed", job))
+                if ready:
+                    out.put(("batch", ready, self._prepare_inputs(ready)))
+        except Exception:
+            log.exception("the drafting preparer failed")
+        finally:
+            out.put(("done",))
+            connection.close()
+
+    def _prepare_inputs(self, jobs: list[Job]):
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is None:
+            return None
+        try:
+            return prepare([job.request for job in jobs])
+        except BackendError:
+            return None  # generate() will isolate the culprit one by one
+
+    def _record(self, results: queue.Queue) -> None:
+        try:
+            while (item := results.get()) is not None:
+                job, result = item
+                try:
+                    draft = job_record(job, result)
+                except Exception:
+                    log.exception("task %s: could not store its outcome", job.task_id)
+                    continue
+                if draft is not None:
+                    self.stats.drafts += 1
+                else:
+                    self.stats.failed += 1
+        finally:
+            connection.close()
+
+    def _generate(self, jobs: list[Job], prepared=None) -> list[DraftResult | BackendError]:
+        """Results for jobs, in order; a batch-level error is narrowed down to its jobs."""
+        requests = [job.request for job in jobs]
+        started = time.perf_counter()
+        try:
+            if prepared is not None:
+                results = self.backend.generate(prepared)
+            else:
+                results = self.backend.draft_many(requests)
+        except BackendError as exc:
+            self.stats.generate_seconds += time.perf_counter() - started
+            if len(jobs) == 1:
+                return [exc]
+            if _is_oom(exc):
+                log.warning("out of memory at batch size %s: halving", len(jobs))
+            half = len(jobs) // 2
+            return self._generate(jobs[:half]) + self._generate(jobs[half:])
+        self.stats.generate_seconds += time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(jobs))
+        return list(results)
+
+    # The loop -----------------------------------------------------------------------------
+
+    def run(self) -> LoopStats:
+        if self.backend is None:
+            self.backend = get_backend()
+        started = time.perf_counter()
+        batches: queue.Queue = queue.Queue(maxsize=1)  # one batch prepared ahead
+        results: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        preparer = threading.Thread(
+            target=self._prepare_batches, args=(batches, stop, started), name="draft-prepare"
+        )
+        recorder = threading.Thread(target=self._record, args=(results,), name="draft-record")
+        preparer.start()
+        recorder.start()
+        try:
+            while (item := batches.get())[0] != "done":
+                if item[0] == "failed":
+                    results.put((item[1], None))
+                    continue
+                _, jobs, prepared = item
+                for job, result in zip(jobs, self._generate(jobs, prepared), strict=True):
+                    results.put((job, result))
+        finally:
+            stop.set()
+            while preparer.is_alive():  # unblock a preparer waiting on a full queue
+                try:
+                    batches.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            preparer.join()
+            results.put(None)
+            recorder.join()
+            self.stats.wall_seconds = time.perf_counter() - started
+        return self.stats
+
+
+def drafts_run(**kwargs) -> LoopStats:
+    """Draft queued tasks until none is left (or the time budget is spent)."""
+    close_old_connections()
+    stats = DraftingLoop(**kwargs).run()
+    log.info(
+        "drafted %s, failed %s, in %s batches, %.1f s (idle %.0f %%)",
+        stats.drafts,
+        stats.failed,
+        stats.batches,
+        stats.wall_seconds,
+        100 * stats.idle_share,
     )
-    path = Path(settings.MEDIA_ROOT) / image.file
-    picture = imaging.load_for_model(path, info, size=settings.MEDANNOT_MODEL_IMAGE_SIZE)
-    prompt = prompt_for(
-        modality=task.project.modality,
-        system=task.project.system_prompt,
-        instruction=task.project.prompt,
-    )
-    return DraftRequest(
-        images=[picture],
-        instruction=prompt.instruction,
-        system=prompt.system,
-        max_new_tokens=settings.MEDANNOT_MAX_NEW_TOKENS,
-    )
+    return stats

@@ -196,6 +196,9 @@ if MEDANNOT_DEVICE not in {None, "cpu", "cuda"} and not MEDANNOT_DEVICE.startswi
     raise ImproperlyConfigured(f"MEDANNOT_DEVICE={MEDANNOT_DEVICE!r}: use cpu, cuda or cuda:N")
 MEDANNOT_MAX_NEW_TOKENS = envint("MEDANNOT_MAX_NEW_TOKENS", "512")
 MEDANNOT_MODEL_IMAGE_SIZE = envint("MEDANNOT_MODEL_IMAGE_SIZE", "896")
+MEDANNOT_BATCH_SIZE = envint("MEDANNOT_BATCH_SIZE", "8")
+if MEDANNOT_BATCH_SIZE < 1:
+    raise ImproperlyConfigured("MEDANNOT_BATCH_SIZE must be at least 1")
 
 # Celery: Redis broker; drafting runs on the `gpu` queue.
 CELERY_BROKER_URL = REDIS_URL
@@ -208,8 +211,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = envint("MEDANNOT_TASK_TIME_LIMIT", "1800")
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+# A drafting loop stops claiming new batches after this long, inside the time limit.
+MEDANNOT_LOOP_SECONDS = envint("MEDANNOT_LOOP_SECONDS", str(CELERY_TASK_TIME_LIMIT // 2))
+# A task drafting for longer than this is taken to have lost its worker and is put back.
+MEDANNOT_DRAFT_LEASE_SECONDS = envint("MEDANNOT_DRAFT_LEASE_SECONDS", str(CELERY_TASK_TIME_LIMIT))
 # Longer than the longest task, or Redis redelivers a task still being drafted.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-drafts": {"task": "inference.tasks.sweep_task", "schedule": 60.0},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

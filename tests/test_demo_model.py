@@ -119,6 +119,8 @@ def test_draft(backend: TransformersBackend, model_dir: Path) -> None:
     assert result.model_id == str(model_dir)
     assert result.model_revision == weights_digest(model_dir)
     assert result.model_revision.startswith("sha256:") and len(result.model_revision) == 23
+    assert result.generation.pop("generate_started") > 0
+    assert result.truncated == (result.tokens_out == 12)
     assert result.generation == {
         "do_sample": False,
         "max_new_tokens": 12,
@@ -243,9 +245,12 @@ def test_thinking_trace_is_not_part_of_the_draft(backend: TransformersBackend) -
     words = tok.encode("normal lungs", add_special_tokens=False)
     thought = tok.encode("thought maybe", add_special_tokens=False)
 
-    assert backend._strip_thought(words) == (words, 0)
-    assert backend._strip_thought([start, *thought, end, *words]) == (words, len(thought) + 2)
-    assert backend._strip_thought([start, *thought]) == ([], len(thought) + 1)  # unfinished
+    assert backend._split_thought(words) == (words, [])
+    trace = [start, *thought, end]
+    assert backend._split_thought([*trace, *words]) == (words, trace)
+    assert backend._split_thought([start, *thought]) == ([], [start, *thought])  # unfinished
+    decoded = tok.decode(trace, skip_special_tokens=True).strip()
+    assert "thought" in decoded  # the trace survives skip_special_tokens: split by id, not text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")

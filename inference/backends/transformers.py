@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,17 @@ def _hub_revision(model: str, revision: str | None) -> tuple[str | None, str]:
     return resolved, commit or "unknown"
 
 
+@dataclass
+class PreparedBatch:
+    """A batch's model inputs, built on the CPU ahead of its turn on the device."""
+
+    requests: list[DraftRequest]
+    prompts: list[str]
+    limits: list[int]
+    inputs: Any
+    prepared_at: float
+
+
 class TransformersBackend:
     """Draft image descriptions with a Gemma 3 image-text-to-text model, greedy decoding.
 
@@ -177,7 +189,10 @@ class TransformersBackend:
         tokenizer = self.processor.tokenizer
         # Batches are left-padded so that every prompt ends where generation starts.
         tokenizer.padding_side = "left"
-        self._eos_ids = self._stop_token_ids()
+        # Stop at <end_of_turn> too, whatever the checkpoint's generation config says.
+        self._eos_ids = self._stop_token_ids() | {
+            t for t in [self._token_id("<end_of_turn>")] if t is not None
+        }
         self._thought_start = self._token_id(THOUGHT_START)
         self._thought_end = self._token_id(THOUGHT_END)
 
@@ -194,24 +209,38 @@ class TransformersBackend:
         floating-point noise from the padding). ``seconds`` is the batch's generation time,
         shared by every result; ``generation["batch_size"]`` says how many shared it.
         """
-        if not requests:
-            return []
+        return self.generate(self.prepare(requests))
+
+    def prepare(self, requests: Sequence[DraftRequest]) -> PreparedBatch:
+        """CPU work of a batch (templates, tokens, pixel tensors), kept apart from ``generate``
+        so that a worker can prepare the next batch while the device runs this one."""
         for req in requests:
             _validate(req)
+        if not requests:
+            return PreparedBatch([], [], [], None, time.perf_counter())
         limits = [min(req.max_new_tokens, self.max_new_tokens) for req in requests]
-        prompts, inputs = self.build_inputs(requests)
+        prompts, inputs = self.build_inputs(requests, to_device=False)
+        if self.device.type == "cuda":
+            inputs = inputs.to(self.device, non_blocking=True)  # pinned copies overlap
+        return PreparedBatch(list(requests), prompts, limits, inputs, time.perf_counter())
 
+    def generate(self, batch: PreparedBatch) -> list[DraftResult]:
+        """Run one prepared batch on the device."""
+        if not batch.requests:
+            return []
+        inputs = batch.inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         input_len = inputs["input_ids"].shape[1]
-        # Per-row prompt length without the left padding.
-        tokens_in = inputs["attention_mask"].sum(dim=1).tolist()
-
+        tokens_in = inputs["attention_mask"].sum(dim=1).tolist()  # per row, without padding
         try:
             started = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(
                     **inputs,
-                    do_sample=False,
-                    max_new_tokens=max(limits),
+                    do_sample=False,  # always greedy: older MedGemma configs sample by default
+                    max_new_tokens=max(batch.limits),
+                    eos_token_id=sorted(self._eos_ids),
                 )
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -224,17 +253,19 @@ class TransformersBackend:
             raise BackendError(f"generation failed: {exc}", permanent=True) from exc
 
         generated = out[:, input_len:].tolist()
+        decode = self.processor.tokenizer.decode
         results = []
-        for row, (prompt, limit) in enumerate(zip(prompts, limits, strict=True)):
+        for row, (prompt, limit) in enumerate(zip(batch.prompts, batch.limits, strict=True)):
             ids = self._until_stop(generated[row][:limit])
-            answer, thought_tokens = self._strip_thought(ids)
-            text = self.processor.tokenizer.decode(answer, skip_special_tokens=True).strip()
-            generation = self._generation_params(limit, len(requests))
-            if thought_tokens:
-                generation["thought_tokens_removed"] = thought_tokens
+            truncated = not ids or ids[-1] not in self._eos_ids
+            answer, thought = self._split_thought(ids)
+            generation = self._generation_params(limit, len(batch.requests))
+            generation["generate_started"] = time.time() - (time.perf_counter() - started)
             results.append(
                 DraftResult(
-                    text=text,
+                    text=decode(answer, skip_special_tokens=True).strip(),
+                    thinking=decode(thought, skip_special_tokens=True).strip(),
+                    truncated=truncated,
                     tokens_in=int(tokens_in[row]),
                     tokens_out=len(ids),
                     seconds=seconds,
@@ -247,7 +278,9 @@ class TransformersBackend:
             )
         return results
 
-    def build_inputs(self, requests: Sequence[DraftRequest]) -> tuple[list[str], Any]:
+    def build_inputs(
+        self, requests: Sequence[DraftRequest], *, to_device: bool = True
+    ) -> tuple[list[str], Any]:
         """Render and encode requests: (prompt texts, model inputs on the model's device).
 
         The prompt texts show the template's output before image expansion (one
@@ -274,9 +307,12 @@ class TransformersBackend:
             )
         except Exception as exc:  # bad image, unprocessable text: retrying cannot help
             raise BackendError(f"could not prepare the model input: {exc}", permanent=True) from exc
-        inputs = inputs.to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if to_device:
+            inputs = inputs.to(self.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        elif self.device.type == "cuda":
+            inputs = inputs.pin_memory() if hasattr(inputs, "pin_memory") else inputs
         return prompts, inputs
 
     @staticmethod
@@ -321,18 +357,18 @@ class TransformersBackend:
                 return ids[: i + 1]
         return ids
 
-    def _strip_thought(self, ids: list[int]) -> tuple[list[int], int]:
-        """Drop a MedGemma thinking trace; returns (answer ids, number of ids removed).
+    def _split_thought(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """Split a MedGemma thinking trace off the answer: (answer ids, thought ids).
 
         An unfinished trace (opened but never closed before the token limit) leaves no answer.
         """
         if self._thought_end is not None and self._thought_end in ids:
             cut = len(ids) - ids[::-1].index(self._thought_end)
-            return ids[cut:], cut
+            return ids[cut:], ids[:cut]
         if self._thought_start is not None and self._thought_start in ids:
             start = ids.index(self._thought_start)
-            return ids[:start], len(ids) - start
-        return ids, 0
+            return ids[:start], ids[start:]
+        return ids, []
 
 
 def _validate(request: DraftRequest) -> None:

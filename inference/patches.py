@@ -1,0 +1,624 @@
+"""Whole-slide patch selection for MedGemma 1.5 (Google's published whole-slide recipe).
+
+MedGemma 1.5 reads a slide as a set of patches in one prompt. This module decides
+which patches, and reads them:
+
+1. ``tissue_mask``: a low-resolution view of the slide (never the label, macro or
+   thumbnail image) is thresholded with Otsu on saturation; near-white glass,
+   near-black artefacts and blue/green marker pen are dropped; a small
+   morphological opening/closing cleans the result.
+2. ``plan_patches``: a non-overlapping grid of patches, each ``patch_size`` output
+   pixels at about ``target_mpp`` microns per pixel (1 µm/px ≈ 10×), is laid over
+   the tissue; patches with enough tissue (and no pen) are kept and, when there are
+   more than ``max_patches``, spread evenly over the tissue (deterministically: one
+   patch, the most tissue-rich, per equal run of candidates along a Hilbert curve).
+3. ``read_patches``: the planned regions as RGB images composited on white.
+
+The plan (``PatchPlan.as_dict()``) is stored with the draft so a reviewer can see
+exactly what the model saw: level-0 coordinates, extent, pyramid level, read size
+and microns per pixel of every patch.
+
+Measured on the 2-core development machine (synthetic deflate-tiled slides):
+planning a 4096×3072 slide with the default settings takes about 0.1 s (mask from
+the 2048×1536 level); reading 125 patches of 896² costs about 1.5 s when the
+patches come 1:1 from a pyramid level and about 10 s when each is read at
+1792² from a level of twice the resolution and resized with Lanczos (~80 ms each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+from annotations.imaging import _SRGB, ImageRejected, _clean_error, _flatten
+
+__all__ = [
+    "PatchPlan",
+    "PatchSettings",
+    "Region",
+    "plan_patches",
+    "read_patches",
+    "slide_bounds",
+    "tissue_mask",
+]
+
+_WHITE = (255, 255, 255)
+# Level-0 µm/px assumed when a slide records none: the common 40× scan (0.25 µm/px).
+_ASSUMED_MPP = 0.25
+# A level up to 2 % coarser than the target still counts as "at the target" (rounded dims).
+_LEVEL_TOLERANCE = 1.02
+# A patch whose (dilated) pen-mark share exceeds this is not shown to the model.
+_MAX_PEN_FRACTION = 0.01
+# Otsu on saturation is clamped: glass-only slides must not call noise "tissue", and
+# tissue-only slides must not split tissue in two.
+_SAT_FLOOR = 0.05
+_SAT_CAP = 0.15
+_DARK_MAX = 50  # max(R, G, B) below this: black marker, folds, debris
+_GLASS_MIN = 235  # min(R, G, B) at or above this: blank glass whatever the saturation
+_PEN_MIN_SAT = 0.25  # marker ink is strongly saturated
+# Blue/cyan/green marker ink has hue 65°..245°; H&E stays in purple..pink..red (245°..360°..40°).
+_PEN_MIN_WIDTH_UM = 30.0  # thinner blue/green structures are cells, not pen strokes
+_MASK_CHUNK = 4096  # levels bigger than max_side are read in chunks of this many pixels
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _number(name: str, value: Any, *, integer: bool) -> int | float:
+    """`value` as an int/float for setting `name`, or ValueError with a clear message."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"patch setting {name} must be {kind}, not {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"patch setting {name} must be finite, not {value!r}")
+    if integer:
+        if value != int(value):
+            raise ValueError(f"patch setting {name} must be a whole number, not {value!r}")
+        return int(value)
+    return float(value)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "target_mpp": (0.01, 100.0),
+    "patch_size": (64, 4096),
+    "max_patches": (1, 500),
+    "min_tissue": (0.0, 1.0),
+    "mask_level_max_side": (64, 16384),
+}
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """How a slide is cut into patches for the model (configurable per project)."""
+
+    target_mpp: float = 1.0  # output microns per pixel (1.0 ≈ 10× objective)
+    patch_size: int = 896  # output pixels per side
+    max_patches: int = 125
+    min_tissue: float = 0.25  # fraction of a patch that must be tissue
+    mask_level_max_side: int = 2048  # long side of the low-resolution view used for the mask
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _number(f.name, getattr(self, f.name), integer=f.type in ("int", int))
+            lo, hi = _RANGES[f.name]
+            # min_tissue 0 would admit patches of bare glass
+            low_ok = value > lo if f.name == "min_tissue" else value >= lo
+            if not (low_ok and value <= hi):
+                interval = f"({lo}, {hi}]" if f.name == "min_tissue" else f"{lo}..{hi}"
+                raise ValueError(f"patch setting {f.name} must be in {interval}, not {value}")
+            object.__setattr__(self, f.name, value)  # normalise 896.0 -> 896, 1 -> 1.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PatchSettings:
+        """Settings from a project's stored dict (missing keys take defaults).
+
+        Raises ValueError naming the offending key for unknown keys, non-numbers and
+        out-of-range values (patch_size 64..4096, max_patches 1..500, min_tissue in
+        (0, 1], target_mpp 0.01..100, mask_level_max_side 64..16384).
+        """
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ValueError(f"patch settings must be a mapping, not {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in names)
+        if unknown:
+            raise ValueError(
+                f"unknown patch setting(s) {', '.join(unknown)}; expected {', '.join(names)}"
+            )
+        return cls(**{k: d[k] for k in names if k in d})
+
+    def as_dict(self) -> dict[str, int | float]:
+        """A JSON-ready dict that ``from_dict`` reads back."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One patch: where it lies on the slide and how it was read."""
+
+    x: int  # level-0 top-left, including openslide.bounds-x/-y offsets
+    y: int
+    width: int  # level-0 extent
+    height: int
+    level: int  # pyramid level read
+    read_size: int  # pixels read at that level (square) before resizing
+    size: int  # output pixels (square) = patch_size
+    mpp: float | None  # output microns per pixel; None when the slide records none
+    tissue: float  # tissue fraction of the patch, from the mask
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """The patches chosen for one slide, in reading order (top to bottom, left to right)."""
+
+    regions: list[Region]
+    level: int  # pyramid level every region is read from
+    mpp: float | None  # output microns per pixel; None when the slide records none
+    note: str  # how the plan was made, for the reviewer and the logs
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict to store with the draft."""
+        return {
+            "regions": [r.as_dict() for r in self.regions],
+            "level": self.level,
+            "mpp": self.mpp,
+            "note": self.note,
+        }
+
+
+# --------------------------------------------------------------------------- slide access
+
+
+@contextlib.contextmanager
+def _open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
+    """Open `path` with OpenSlide; any OpenSlide/decode failure becomes ImageRejected."""
+    path = Path(path)
+    try:
+        slide = openslide.OpenSlide(path)
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        if not path.is_file():  # OpenSlide reports a missing file as "unsupported"
+            raise ImageRejected("unreadable slide: the stored file is missing") from exc
+        raise ImageRejected(
+            "unreadable slide: not a whole-slide image format OpenSlide can read"
+        ) from exc
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        raise ImageRejected(
+            f"unreadable slide: it could not be opened ({_clean_error(exc, path)})"
+        ) from exc
+    try:
+        with slide:
+            yield slide
+    except (openslide.OpenSlideError, UnidentifiedImageError, OSError) as exc:
+        raise ImageRejected(
+            f"unreadable slide: its pixel data is damaged ({_clean_error(exc, path)})"
+        ) from exc
+
+
+def slide_bounds(slide: openslide.OpenSlide) -> tuple[int, int, int, int]:
+    """Level-0 (x, y, width, height) of the scanned area: openslide.bounds-* or the whole slide."""
+    w0, h0 = slide.dimensions
+    props = slide.properties
+    keys = (
+        openslide.PROPERTY_NAME_BOUNDS_X,
+        openslide.PROPERTY_NAME_BOUNDS_Y,
+        openslide.PROPERTY_NAME_BOUNDS_WIDTH,
+        openslide.PROPERTY_NAME_BOUNDS_HEIGHT,
+    )
+    try:
+        x, y, w, h = (int(props[k]) for k in keys)
+    except (KeyError, ValueError):
+        return 0, 0, w0, h0
+    x, y = max(0, min(x, w0 - 1)), max(0, min(y, h0 - 1))
+    w, h = min(w, w0 - x), min(h, h0 - y)
+    return (x, y, w, h) if w > 0 and h > 0 else (0, 0, w0, h0)
+
+
+def _slide_mpp(slide: openslide.OpenSlide) -> float | None:
+    """Level-0 microns per pixel (mean of x and y), or None when the slide records none."""
+    values = []
+    for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
+        try:
+            value = float(slide.properties.get(key, "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(value) and value > 0:
+            values.append(value)
+    return sum(values) / len(values) if values else None
+
+
+def _assumed_mpp(slide: openslide.OpenSlide) -> tuple[float, str]:
+    """A level-0 µm/px guess for a slide without one, and how it was guessed."""
+    try:
+        power = float(slide.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER, "nan"))
+    except ValueError:
+        power = math.nan
+    if math.isfinite(power) and 1 <= power <= 100:
+        # 10× objective ≈ 1 µm/px on common scanners
+        return (
+            10.0 / power,
+            f"assumed {10.0 / power:g} µm/px at level 0 from its {power:g}× objective",
+        )
+    return _ASSUMED_MPP, f"assumed {_ASSUMED_MPP:g} µm/px at level 0 (a 40× scan)"
+
+
+# --------------------------------------------------------------------------- tissue mask
+
+
+def _read_view(
+    slide: openslide.OpenSlide, bounds: tuple[int, int, int, int], max_side: int
+) -> tuple[np.ndarray, float]:
+    """The bounds area as RGB uint8 with long side ≤ max_side, and its level-0 px per pixel."""
+    bx, by, bw, bh = bounds
+    long0 = max(bw, bh)
+    for level, ds in enumerate(slide.level_downsamples):
+        if long0 / ds <= max_side:  # levels run from detailed to coarse: first fit is best
+            lw, lh = slide.level_dimensions[level]
+            size = (max(1, min(math.ceil(bw / ds), lw)), max(1, min(math.ceil(bh / ds), lh)))
+            region = slide.read_region((bx, by), level, size)
+            return np.asarray(_flatten(region, _WHITE)), ds
+
+    # even the coarsest level is too big (few-level slide): read it in chunks and shrink
+    level = slide.level_count - 1
+    ds = slide.level_downsamples[level]
+    out_ds = long0 / max_side
+    out = Image.new("RGB", (max(1, round(bw / out_ds)), max(1, round(bh / out_ds))), _WHITE)
+    lw, lh = math.ceil(bw / ds), math.ceil(bh / ds)
+    f = ds / out_ds  # output pixels per level pixel
+    for ly in range(0, lh, _MASK_CHUNK):
+        for lx in range(0, lw, _MASK_CHUNK):
+            cw, ch = min(_MASK_CHUNK, lw - lx), min(_MASK_CHUNK, lh - ly)
+            x0, y0 = math.floor(lx * f), math.floor(ly * f)
+            x1, y1 = math.ceil((lx + cw) * f), math.ceil((ly + ch) * f)
+            region = slide.read_region((bx + round(lx * ds), by + round(ly * ds)), level, (cw, ch))
+            part = _flatten(region, _WHITE).resize(
+                (max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BOX
+            )
+            out.paste(part, (x0, y0))
+    return np.asarray(out), out_ds
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1)² square: separable OR of shifted copies (fast for small r)."""
+    if r <= 0:
+        return mask
+    out = mask.copy()
+    for axis in (0, 1):
+        src = out.copy()
+        for s in range(1, r + 1):
+            if axis == 0:
+                out[s:] |= src[:-s]
+                out[:-s] |= src[s:]
+            else:
+                out[:, s:] |= src[:, :-s]
+                out[:, :-s] |= src[:, s:]
+    return out
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a (2r+1)² square (beyond the edge counts as set: edges do not erode)."""
+    return mask if r <= 0 else ~_dilate(~mask, r)
+
+
+def _otsu(values: np.ndarray) -> int:
+    """Otsu's threshold t of uint8 `values`: the classes are ≤ t and > t."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    w0 = np.cumsum(hist)
+    w1 = total - w0
+    mu = np.cumsum(hist * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu * total) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = 0.0
+    return int(np.argmax(between))
+
+
+def _classify(rgb: np.ndarray, mask_mpp: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(tissue, pen) boolean masks of an RGB uint8 view; pen already widened by its halo."""
+    r8, g8, b8 = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc = np.maximum(np.maximum(r8, g8), b8)  # ~10x faster than rgb.max(axis=2)
+    minc = np.minimum(np.minimum(r8, g8), b8)
+    delta = maxc.astype(np.int16) - minc
+    sat8 = (delta.astype(np.int32) * 255 // np.maximum(maxc, 1)).astype(np.uint8)  # HSV S
+    dark = maxc < _DARK_MAX
+    glass = minc >= _GLASS_MIN
+
+    # marker ink: saturated, hue 65°..245° (green..blue); integer form of the HSV hue rule:
+    # green max -> hue 60 + 60 (b - r) / delta, blue max -> hue 240 + 60 (r - g) / delta
+    r, g, b = (c.astype(np.int16) for c in (r8, g8, b8))
+    greenish = (g >= r) & (g >= b) & (12 * (r - b) <= 11 * delta)
+    bluish = (b > g) & (b > r) & (12 * (r - g) <= delta)
+    saturated = (sat8 >= round(_PEN_MIN_SAT * 255)) & ~dark
+    ink = saturated & (greenish | bluish)
+    # an opening keeps only broad strokes: blue-ish nuclei are far thinner than marker lines
+    r_pen = 2 if mask_mpp is None else int(np.clip(round(_PEN_MIN_WIDTH_UM / mask_mpp / 2), 1, 6))
+    pen = _dilate(_erode(ink, r_pen), r_pen)
+    pen = _dilate(pen, r_pen + 2)  # the stroke's anti-aliased, less saturated fringe
+
+    usable = ~pen & ~dark
+    floor8, cap8 = round(_SAT_FLOOR * 255), round(_SAT_CAP * 255)
+    threshold = int(np.clip(_otsu(sat8[usable]) + 1, floor8, cap8)) if usable.any() else cap8
+    tissue = (sat8 >= threshold) & usable & ~glass
+    # clean-up: drop specks (opening), then fill pin-holes between cells (closing)
+    tissue = _dilate(_erode(tissue, 1), 1)
+    tissue = _erode(_dilate(tissue, 2), 2) & usable
+    return tissue, pen
+
+
+def _masks(
+    slide: openslide.OpenSlide, bounds: tuple[int, int, int, int], max_side: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    rgb, ds = _read_view(slide, bounds, max_side)
+    mpp0 = _slide_mpp(slide)
+    tissue, pen = _classify(rgb, None if mpp0 is None else mpp0 * ds)
+    return tissue, pen, ds
+
+
+def tissue_mask(slide: openslide.OpenSlide, *, max_side: int = 2048) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of an open slide, and its downsample (level-0 px per mask px).
+
+    The mask covers the slide's bounds rectangle (``slide_bounds``; the whole slide when
+    the format records none): mask pixel (row i, column j) is level-0 pixel
+    (bounds_x + j * downsample, bounds_y + i * downsample). It comes from the most
+    detailed pyramid level whose long side is ≤ `max_side` (or the coarsest level,
+    shrunk to `max_side`), composited on white. Tissue is saturation above an Otsu
+    threshold (clamped to 0.05..0.15); blank glass, near-black artefacts and
+    blue/green marker pen (hue 65°..245°, saturated, wider than ~30 µm) are excluded.
+    Associated images (label, macro, thumbnail) are never read.
+    """
+    tissue, _pen, ds = _masks(slide, slide_bounds(slide), max_side)
+    return tissue, ds
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _choose_level(
+    downsamples: tuple[float, ...], mpp0: float, target: float, patch_size: int
+) -> tuple[int, int]:
+    """(level, read_size): the coarsest level at or finer than `target`, and pixels to read."""
+    mpps = [mpp0 * ds for ds in downsamples]
+    fine_enough = [i for i, m in enumerate(mpps) if m <= target * _LEVEL_TOLERANCE]
+    if fine_enough:
+        level = max(fine_enough, key=lambda i: (mpps[i], -i))
+    else:
+        level = min(range(len(mpps)), key=lambda i: (mpps[i], i))  # upsampled: say so in the note
+    return level, max(1, round(patch_size * target / mpps[level]))
+
+
+def _axis_starts(lo: int, hi: int, start_min: int, end_max: int, ext: int) -> np.ndarray:
+    """Patch starts covering [lo, hi), centred on it, inside [start_min, end_max) if they fit."""
+    n = max(1, math.ceil((hi - lo) / ext))
+    span = n * ext
+    start = lo - (span - (hi - lo)) // 2
+    start = max(min(start, end_max - span), start_min)
+    return start + ext * np.arange(n, dtype=np.int64)
+
+
+def _box_fractions(
+    integral: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    ext: int,
+    origin: tuple[int, int],
+    ds: float,
+) -> np.ndarray:
+    """Share of each ext×ext level-0 box (top-left xs, ys) that is True in the mask."""
+    mh, mw = integral.shape[0] - 1, integral.shape[1] - 1
+    c0 = np.rint((xs - origin[0]) / ds).astype(np.int64)
+    r0 = np.rint((ys - origin[1]) / ds).astype(np.int64)
+    c1 = np.maximum(np.rint((xs + ext - origin[0]) / ds).astype(np.int64), c0 + 1)
+    r1 = np.maximum(np.rint((ys + ext - origin[1]) / ds).astype(np.int64), r0 + 1)
+    area = (c1 - c0) * (r1 - r0)  # the whole box: parts off the slide count as no tissue
+    c0, c1 = np.clip(c0, 0, mw), np.clip(c1, 0, mw)
+    r0, r1 = np.clip(r0, 0, mh), np.clip(r1, 0, mh)
+    inside = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    return inside / area
+
+
+def _integral(mask: np.ndarray) -> np.ndarray:
+    out = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=out[1:, 1:])
+    return out
+
+
+def _hilbert_index(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Position of grid cells (gx, gy) along a Hilbert curve: near cells get near indices."""
+    n = 1 << max(1, int(max(gx.max(initial=0), gy.max(initial=0))).bit_length())
+    x, y = gx.astype(np.int64), gy.astype(np.int64)
+    d = np.zeros_like(x)
+    s = n // 2
+    while s > 0:
+        rx = (x & s) > 0
+        ry = (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        flip = ~ry & rx
+        x = np.where(flip, n - 1 - x, x)
+        y = np.where(flip, n - 1 - y, y)
+        swap = ~ry
+        x, y = np.where(swap, y, x), np.where(swap, x, y)
+        s //= 2
+    return d
+
+
+def _spread(
+    idx: np.ndarray, gx: np.ndarray, gy: np.ndarray, frac: np.ndarray, k: int
+) -> np.ndarray:
+    """Pick k of the candidates `idx` evenly over the tissue: the richest of each equal run
+    of candidates along a Hilbert curve (deterministic)."""
+    order = idx[np.argsort(_hilbert_index(gx[idx], gy[idx]), kind="stable")]
+    bounds = (np.arange(k + 1) * len(order)) // k
+    picks = [
+        order[a + int(np.argmax(frac[order[a:b]]))]  # argmax: the first on ties
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return np.asarray(picks, dtype=np.int64)
+
+
+def plan_patches(slide_path: Path, settings: PatchSettings | None = None) -> PatchPlan:
+    """Choose the patches MedGemma sees for the slide at `slide_path`.
+
+    Patches are `settings.patch_size` output pixels at about `settings.target_mpp`
+    µm/px: read at the coarsest pyramid level whose µm/px is at or below the target
+    (``read_size = round(patch_size * target_mpp / level_mpp)``, resized to
+    patch_size), on a non-overlapping level-0 grid centred on the tissue. Candidates
+    with tissue ≥ `min_tissue` and no marker pen are kept; beyond `max_patches` they
+    are spread evenly over the tissue. With no such candidate (a tiny biopsy) the best
+    few by tissue fraction are taken (at least one if there is any tissue); a slide
+    smaller than one patch gets one patch covering all of it; a slide without tissue
+    gets none (the note says so).
+
+    Without microns per pixel the slide is assumed to be a 40× scan (0.25 µm/px, or
+    10 / objective power when recorded), so patches come from the level nearest 4×
+    downsample (≈10×); ``mpp`` is then None and the note starts with
+    "microns per pixel unknown: ...". Unreadable slides raise ImageRejected.
+    """
+    settings = settings if settings is not None else PatchSettings()
+    with _open_slide(slide_path) as slide:
+        return _plan(slide, settings)
+
+
+def _plan(slide: openslide.OpenSlide, settings: PatchSettings) -> PatchPlan:
+    notes: list[str] = []
+    mpp0 = _slide_mpp(slide)
+    if mpp0 is None:
+        guess, how = _assumed_mpp(slide)
+        notes.append(
+            f"microns per pixel unknown: {how}, so patches are read at about "
+            f"{settings.target_mpp / guess:g}× downsample"
+        )
+    else:
+        guess = mpp0
+    size = settings.patch_size
+    level, read_size = _choose_level(slide.level_downsamples, guess, settings.target_mpp, size)
+    level_ds = slide.level_downsamples[level]
+    ext = max(1, round(read_size * level_ds))  # level-0 extent of one patch
+    out_mpp = None if mpp0 is None else round(mpp0 * level_ds * read_size / size, 6)
+    if mpp0 is not None and mpp0 * level_ds > settings.target_mpp * _LEVEL_TOLERANCE:
+        notes.append(
+            f"the slide is coarser than the target ({mpp0 * level_ds:.3g} µm/px at best): "
+            "patches are upsampled"
+        )
+
+    bounds = slide_bounds(slide)
+    bx, by, bw, bh = bounds
+    tissue, pen, mask_ds = _masks(slide, bounds, settings.mask_level_max_side)
+    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
+    smaller = bw <= ext and bh <= ext
+    if rows.size == 0 and not smaller:
+        notes.append("no tissue detected: no patches")
+        return PatchPlan(regions=[], level=level, mpp=out_mpp, note="; ".join(notes))
+    if rows.size:  # tissue extent in level-0 pixels
+        tx0, tx1 = bx + math.floor(cols[0] * mask_ds), bx + math.ceil((cols[-1] + 1) * mask_ds)
+        ty0, ty1 = by + math.floor(rows[0] * mask_ds), by + math.ceil((rows[-1] + 1) * mask_ds)
+        tx1, ty1 = min(tx1, bx + bw), min(ty1, by + bh)
+    else:
+        tx0, tx1, ty0, ty1 = bx, bx + bw, by, by + bh
+    xs = _axis_starts(tx0, tx1, bx, bx + bw, ext)
+    ys = _axis_starts(ty0, ty1, by, by + bh, ext)
+    gy, gx = (a.ravel() for a in np.meshgrid(np.arange(ys.size), np.arange(xs.size), indexing="ij"))
+    cx, cy = xs[gx], ys[gy]
+    frac = _box_fractions(_integral(tissue), cx, cy, ext, (bx, by), mask_ds)
+    pen_frac = _box_fractions(_integral(pen), cx, cy, ext, (bx, by), mask_ds)
+    clean = pen_frac <= _MAX_PEN_FRACTION
+
+    good = np.flatnonzero((frac >= settings.min_tissue) & clean)
+    k = settings.max_patches
+    if smaller:
+        chosen = np.array([0])
+        notes.append("the slide is smaller than one patch: one patch covers all of it")
+    elif good.size:
+        chosen = good
+        if good.size > k:
+            chosen = _spread(good, gx, gy, frac, k)
+            notes.append(f"{k} of {good.size} tissue patches, spread evenly over the tissue")
+    else:
+        pool = np.flatnonzero((frac > 0) & clean)
+        if pool.size == 0:
+            pool = np.flatnonzero(frac > 0)
+        if pool.size == 0:  # tissue too thin to fill any mask box: take the fullest box anyway
+            pool = np.array([int(np.argmax(frac))])
+        best = frac[pool].max()
+        pool = pool[frac[pool] >= best / 2]
+        chosen = pool[np.lexsort((pool, -frac[pool]))][:k]
+        notes.append(
+            f"little tissue: no patch reaches {settings.min_tissue:g} tissue, "
+            f"took the best {chosen.size} (up to {best:.0%} tissue)"
+        )
+    chosen = chosen[np.lexsort((cx[chosen], cy[chosen]))]  # reading order
+
+    regions = [
+        Region(
+            x=int(cx[i]),
+            y=int(cy[i]),
+            width=ext,
+            height=ext,
+            level=level,
+            read_size=read_size,
+            size=size,
+            mpp=out_mpp,
+            tissue=round(float(frac[i]), 4),
+        )
+        for i in chosen
+    ]
+    at = f"{out_mpp:.3g} µm/px" if out_mpp is not None else f"{level_ds:g}× downsample"
+    notes.insert(
+        0 if mpp0 is not None else 1,
+        f"{len(regions)} patches of {size} px at {at} (level {level}, read {read_size} px, "
+        f"{ext} level-0 px each)",
+    )
+    return PatchPlan(regions=regions, level=level, mpp=out_mpp, note="; ".join(notes))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _srgb_transform(slide: openslide.OpenSlide) -> ImageCms.ImageCmsTransform | None:
+    """One ICC transform from the slide's embedded profile to sRGB, or None (untagged/broken)."""
+    profile = slide.color_profile
+    if profile is None:
+        return None
+    try:
+        return ImageCms.buildTransform(profile, _SRGB, "RGB", "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # a broken profile: untagged pixels are the best guess
+
+
+def read_patches(slide_path: Path, plan: PatchPlan) -> list[Image.Image]:
+    """The plan's regions as RGB `size`×`size` images, in the plan's order.
+
+    Each region is read at its level, composited on white (so parts beyond the slide
+    edge or outside the scanned area are white), resized with Lanczos when the read
+    size differs and converted to sRGB when the slide embeds an ICC profile.
+    Unreadable slides raise ImageRejected.
+    """
+    if not plan.regions:
+        return []
+    with _open_slide(slide_path) as slide:
+        if any(r.level >= slide.level_count for r in plan.regions):
+            raise ValueError("the patch plan does not belong to this slide (unknown level)")
+        transform = _srgb_transform(slide)
+        images = []
+        for r in plan.regions:
+            img = _flatten(
+                slide.read_region((r.x, r.y), r.level, (r.read_size, r.read_size)), _WHITE
+            )
+            if r.read_size != r.size:
+                # reducing_gap: integer pre-reduction, then Lanczos; much faster on big reads
+                img = img.resize((r.size, r.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            if transform is not None:
+                img = ImageCms.applyTransform(img, transform) or img
+            images.append(img)
+        return images
