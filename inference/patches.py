@@ -10,8 +10,8 @@ which patches, and reads them:
 2. ``plan_patches``: a non-overlapping grid of patches, each ``patch_size`` output
    pixels at about ``target_mpp`` microns per pixel (1 µm/px ≈ 10×), is laid over
    the tissue; patches with enough tissue (and no pen) are kept and, when there are
-   more than ``max_patches``, spread evenly over the tissue (deterministically: one
-   patch, the most tissue-rich, per equal run of candidates along a Hilbert curve).
+   more than ``max_patches``, spread evenly over the tissue (deterministically, by
+   farthest-point sampling weighted towards tissue-rich patches).
 3. ``read_patches``: the planned regions as RGB images composited on white.
 
 The plan (``PatchPlan.as_dict()``) is stored with the draft so a reviewer can see
@@ -67,6 +67,8 @@ _PEN_MIN_SAT = 0.25  # marker ink is strongly saturated
 # Blue/cyan/green marker ink has hue 65°..245°; H&E stays in purple..pink..red (245°..360°..40°).
 _PEN_MIN_WIDTH_UM = 30.0  # thinner blue/green structures are cells, not pen strokes
 _MASK_CHUNK = 4096  # levels bigger than max_side are read in chunks of this many pixels
+# More grid cells than this means absurd settings for the slide (tiny patches at fine mpp).
+_MAX_CANDIDATES = 2_000_000
 
 
 # --------------------------------------------------------------------------- settings
@@ -87,7 +89,7 @@ def _number(name: str, value: Any, *, integer: bool) -> int | float:
 
 
 _RANGES: dict[str, tuple[float, float]] = {
-    "target_mpp": (0.01, 100.0),
+    "target_mpp": (0.1, 100.0),
     "patch_size": (64, 4096),
     "max_patches": (1, 500),
     "min_tissue": (0.0, 1.0),
@@ -122,7 +124,7 @@ class PatchSettings:
 
         Raises ValueError naming the offending key for unknown keys, non-numbers and
         out-of-range values (patch_size 64..4096, max_patches 1..500, min_tissue in
-        (0, 1], target_mpp 0.01..100, mask_level_max_side 64..16384).
+        (0, 1], target_mpp 0.1..100, mask_level_max_side 64..16384).
         """
         if d is None:
             return cls()
@@ -408,63 +410,65 @@ def _axis_starts(lo: int, hi: int, start_min: int, end_max: int, ext: int) -> np
 
 
 def _box_fractions(
-    integral: np.ndarray,
+    mask: np.ndarray,
     xs: np.ndarray,
     ys: np.ndarray,
     ext: int,
     origin: tuple[int, int],
     ds: float,
 ) -> np.ndarray:
-    """Share of each ext×ext level-0 box (top-left xs, ys) that is True in the mask."""
-    mh, mw = integral.shape[0] - 1, integral.shape[1] - 1
+    """Share of each ext×ext level-0 box (top-left xs, ys) that is True in the mask.
+
+    Parts of a box beyond the mask count as not True. The mask is summed once into
+    blocks between the boxes' edges (np.add.reduceat), so the cost is one pass over
+    the mask whatever the number of boxes.
+    """
+    mh, mw = mask.shape
     c0 = np.rint((xs - origin[0]) / ds).astype(np.int64)
     r0 = np.rint((ys - origin[1]) / ds).astype(np.int64)
     c1 = np.maximum(np.rint((xs + ext - origin[0]) / ds).astype(np.int64), c0 + 1)
     r1 = np.maximum(np.rint((ys + ext - origin[1]) / ds).astype(np.int64), r0 + 1)
-    area = (c1 - c0) * (r1 - r0)  # the whole box: parts off the slide count as no tissue
-    c0, c1 = np.clip(c0, 0, mw), np.clip(c1, 0, mw)
-    r0, r1 = np.clip(r0, 0, mh), np.clip(r1, 0, mh)
-    inside = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    area = (c1 - c0) * (r1 - r0)
+    edges = []
+    for lo, hi, n in ((r0, r1, mh), (c0, c1, mw)):
+        lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
+        cuts = np.unique(np.concatenate(([0, n], lo, hi)))  # sorted, first 0, last n
+        edges.append((cuts, np.searchsorted(cuts, lo), np.searchsorted(cuts, hi)))
+    (rcuts, ir0, ir1), (ccuts, ic0, ic1) = edges
+    blocks = np.add.reduceat(mask, rcuts[:-1], axis=0, dtype=np.int64)
+    blocks = np.add.reduceat(blocks, ccuts[:-1], axis=1)
+    integral = np.zeros((rcuts.size, ccuts.size), dtype=np.int64)
+    integral[1:, 1:] = blocks.cumsum(axis=0).cumsum(axis=1)
+    inside = integral[ir1, ic1] - integral[ir0, ic1] - integral[ir1, ic0] + integral[ir0, ic0]
     return inside / area
-
-
-def _integral(mask: np.ndarray) -> np.ndarray:
-    out = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=out[1:, 1:])
-    return out
-
-
-def _hilbert_index(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Position of grid cells (gx, gy) along a Hilbert curve: near cells get near indices."""
-    n = 1 << max(1, int(max(gx.max(initial=0), gy.max(initial=0))).bit_length())
-    x, y = gx.astype(np.int64), gy.astype(np.int64)
-    d = np.zeros_like(x)
-    s = n // 2
-    while s > 0:
-        rx = (x & s) > 0
-        ry = (y & s) > 0
-        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
-        flip = ~ry & rx
-        x = np.where(flip, n - 1 - x, x)
-        y = np.where(flip, n - 1 - y, y)
-        swap = ~ry
-        x, y = np.where(swap, y, x), np.where(swap, x, y)
-        s //= 2
-    return d
 
 
 def _spread(
     idx: np.ndarray, gx: np.ndarray, gy: np.ndarray, frac: np.ndarray, k: int
 ) -> np.ndarray:
-    """Pick k of the candidates `idx` evenly over the tissue: the richest of each equal run
-    of candidates along a Hilbert curve (deterministic)."""
-    order = idx[np.argsort(_hilbert_index(gx[idx], gy[idx]), kind="stable")]
-    bounds = (np.arange(k + 1) * len(order)) // k
-    picks = [
-        order[a + int(np.argmax(frac[order[a:b]]))]  # argmax: the first on ties
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    return np.asarray(picks, dtype=np.int64)
+    """Pick k of the candidates `idx` spread evenly over the tissue (deterministic).
+
+    Weighted farthest-point sampling on the grid: start at the candidate nearest the
+    tissue's centre, then repeatedly add the candidate farthest from all picked ones,
+    distance weighted by (0.5 + tissue fraction) so rich interior patches beat thin
+    edges; ties go to the richer, then the earlier (reading order) candidate.
+    """
+    x, y, f = gx[idx].astype(np.float64), gy[idx].astype(np.float64), frac[idx]
+    weight = 0.5 + f
+    cx, cy = np.average(x, weights=f), np.average(y, weights=f)
+    chosen = [_best(-np.hypot(x - cx, y - cy), f)]
+    nearest = np.hypot(x - x[chosen[0]], y - y[chosen[0]])
+    for _ in range(k - 1):
+        pick = _best(nearest * weight, f)
+        chosen.append(pick)
+        np.minimum(nearest, np.hypot(x - x[pick], y - y[pick]), out=nearest)
+    return idx[np.asarray(chosen, dtype=np.int64)]
+
+
+def _best(score: np.ndarray, frac: np.ndarray) -> int:
+    """Index of the highest score; ties (within rounding) go to the richer, then the first."""
+    tied = np.flatnonzero(score >= score.max() - 1e-9)
+    return int(tied[np.argmax(frac[tied])])
 
 
 def plan_patches(slide_path: Path, settings: PatchSettings | None = None) -> PatchPlan:
@@ -528,10 +532,15 @@ def _plan(slide: openslide.OpenSlide, settings: PatchSettings) -> PatchPlan:
         tx0, tx1, ty0, ty1 = bx, bx + bw, by, by + bh
     xs = _axis_starts(tx0, tx1, bx, bx + bw, ext)
     ys = _axis_starts(ty0, ty1, by, by + bh, ext)
+    if xs.size * ys.size > _MAX_CANDIDATES:
+        raise ValueError(
+            f"patch settings give {xs.size * ys.size} candidate patches on this slide; "
+            "use a larger patch_size or target_mpp"
+        )
     gy, gx = (a.ravel() for a in np.meshgrid(np.arange(ys.size), np.arange(xs.size), indexing="ij"))
     cx, cy = xs[gx], ys[gy]
-    frac = _box_fractions(_integral(tissue), cx, cy, ext, (bx, by), mask_ds)
-    pen_frac = _box_fractions(_integral(pen), cx, cy, ext, (bx, by), mask_ds)
+    frac = _box_fractions(tissue, cx, cy, ext, (bx, by), mask_ds)
+    pen_frac = _box_fractions(pen, cx, cy, ext, (bx, by), mask_ds)
     clean = pen_frac <= _MAX_PEN_FRACTION
 
     good = np.flatnonzero((frac >= settings.min_tissue) & clean)

@@ -190,7 +190,23 @@ X_FRAME_OPTIONS = "DENY"
 # Drafting. MEDANNOT_MODEL is a hub id (google/medgemma-1.5-4b-it) or a local folder;
 # the default is the offline demo model that `make run` builds.
 MEDANNOT_MODEL = envstr("MEDANNOT_MODEL", str(BASE_DIR / "var" / "demo-model"))
-MEDANNOT_BACKEND = envstr("MEDANNOT_BACKEND", "inference.backends.transformers.TransformersBackend")
+BACKENDS = {
+    "transformers": "inference.backends.transformers.TransformersBackend",
+    "served": "inference.backends.served.ServedBackend",  # OpenAI-compatible (vLLM) server
+}
+MEDANNOT_BACKEND = envstr("MEDANNOT_BACKEND", "transformers")
+MEDANNOT_BACKEND = BACKENDS.get(MEDANNOT_BACKEND, MEDANNOT_BACKEND)
+MEDANNOT_SERVED_URL = envstr("MEDANNOT_SERVED_URL", "")
+if MEDANNOT_BACKEND == BACKENDS["served"] and not MEDANNOT_SERVED_URL:
+    raise ImproperlyConfigured("MEDANNOT_BACKEND=served needs MEDANNOT_SERVED_URL (http://host/v1)")
+MEDANNOT_BACKEND_OPTIONS = {
+    "served": {
+        "base_url": MEDANNOT_SERVED_URL,
+        "api_key": envstr("MEDANNOT_SERVED_API_KEY", "") or "",
+        "concurrency": envint("MEDANNOT_SERVED_CONCURRENCY", "8"),
+        "timeout": float(envint("MEDANNOT_SERVED_TIMEOUT", "300")),
+    },
+}.get("served" if MEDANNOT_BACKEND == BACKENDS["served"] else "", {})
 MEDANNOT_DEVICE = envstr("MEDANNOT_DEVICE", "") or None  # "cuda", "cpu", or auto
 if MEDANNOT_DEVICE not in {None, "cpu", "cuda"} and not MEDANNOT_DEVICE.startswith("cuda:"):
     raise ImproperlyConfigured(f"MEDANNOT_DEVICE={MEDANNOT_DEVICE!r}: use cpu, cuda or cuda:N")

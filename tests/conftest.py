@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,73 +118,97 @@ def database_url(db: dict) -> str:
     return f"postgresql://{auth}@{host}/{quote(db['NAME'])}"
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
-    """A real Celery worker on the real Redis broker, drafting with the demo model."""
-    from django.db import connection
+class Worker:
+    """A real Celery worker process on the real Redis broker, drafting with the demo model."""
 
+    def __init__(self, *, media_root: Path, log: Path, model_dir: Path, **env: str) -> None:
+        from django.db import connection
+
+        self.media_root, self.log = media_root, log
+        self.hostname = f"test-gpu-{os.getpid()}-{secrets.token_hex(3)}@localhost"
+        full_env = (
+            os.environ
+            | {
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "DATABASE_URL": database_url(connection.settings_dict),
+                "REDIS_URL": settings.REDIS_URL,
+                "MEDANNOT_MODEL": str(model_dir),
+                "MEDIA_ROOT": str(media_root),
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+            | env
+        )
+        with log.open("a") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "medannot",
+                    "worker",
+                    "-Q",
+                    "gpu",
+                    "--pool",
+                    "prefork",
+                    "--concurrency",
+                    "1",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-n",
+                    self.hostname,
+                    "--loglevel",
+                    "INFO",
+                ],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killable as a whole
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        from medannot.celery import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited:\n{self.log.read_text()}")
+            if app.control.ping(destination=[self.hostname], timeout=0.5):
+                return
+        self.kill()
+        raise RuntimeError(f"the Celery worker did not answer:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes, as a node crash would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
+    """A real worker for the tests of one module; no other worker runs meanwhile."""
     from medannot.celery import app
 
     app.control.purge()
     media = tmp_path_factory.mktemp("worker-media")
-    db = connection.settings_dict
-    env = os.environ | {
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": database_url(db),
-        "REDIS_URL": settings.REDIS_URL,
-        "MEDANNOT_MODEL": str(demo_model_dir),
-        "MEDIA_ROOT": str(media),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = tmp_path_factory.mktemp("worker-log") / "worker.log"
-    hostname = f"test-gpu-{os.getpid()}@localhost"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "medannot",
-                "worker",
-                "-Q",
-                "gpu",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                hostname,
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the Celery worker exited:\n{log.read_text()}")
-        if app.control.ping(destination=[hostname], timeout=0.5):
-            break
-    else:
-        proc.kill()
-        raise RuntimeError(f"the Celery worker did not answer:\n{log.read_text()}")
-
-    class Worker:
-        pass
-
-    worker = Worker()
-    worker.process, worker.media_root, worker.log, worker.hostname = proc, media, log, hostname
+    worker = Worker(
+        media_root=media,
+        log=tmp_path_factory.mktemp("worker-log") / "worker.log",
+        model_dir=demo_model_dir,
+    )
     yield worker
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    worker.stop()
     shutil.rmtree(media, ignore_errors=True)

@@ -29,6 +29,7 @@ def get_backend() -> DraftingBackend:
                 settings.MEDANNOT_MODEL,
                 device=settings.MEDANNOT_DEVICE,
                 max_new_tokens=settings.MEDANNOT_MAX_NEW_TOKENS,
+                **settings.MEDANNOT_BACKEND_OPTIONS,
             )
         return _backend
 
