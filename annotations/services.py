@@ -244,6 +244,9 @@ def image_ingest(
             suffix=imaging.safe_suffix(name),  # OpenSlide knows some formats by suffix
         ) as staged:
             existing = Image.objects.filter(sha256=staged.sha256).first()
+            if existing is not None and not (media_root / existing.file).exists():
+                # The row outlived its file (a lost disk): this upload restores it.
+                staged.commit(Path(existing.file).suffix)
             info = None if existing else imaging.inspect_image(staged.temp_path)
             try:
                 return _ingest_rows(project, staged, existing, info, name, uploaded_by, enqueue)

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from annotations import imaging, services
-from annotations.models import Draft, Task
+from annotations.models import Draft, PromptTemplate, Task
 from inference.backends import BackendError, DraftRequest, DraftResult, get_backend
 from inference.prompts import prompt_for
 
@@ -56,8 +57,12 @@ class LoopStats:
         return max(0.0, 1 - self.generate_seconds / self.wall_seconds)
 
 
-def job_prepare(task: Task) -> Job:
-    """Read the task's image (or cut its slide's patches) and render its prompt."""
+def job_prepare(task: Task, template: PromptTemplate | None) -> Job:
+    """Read the task's image (or cut its slide's patches) and render its prompt.
+
+    Touches no database (task.project and task.image come loaded), so jobs of a batch can
+    be prepared in parallel threads: image decoding and OpenSlide release the GIL.
+    """
     job = Job(task_id=task.pk, attempt=task.attempt, claimed_at=time.perf_counter())
     try:
         image = task.image
@@ -70,6 +75,8 @@ def job_prepare(task: Task) -> Job:
             )
             pictures = patches.read_patches(path, plan)
             job.regions = [region.as_dict() for region in plan.regions]
+            if not pictures:  # no tissue found: the model sees the whole slide, shrunk
+                pictures = [imaging.load_for_model(path, _info(image), size=_model_size())]
         else:
             info = imaging.ImageInfo(
                 kind=image.kind,
@@ -95,6 +102,31 @@ def job_prepare(task: Task) -> Job:
     except (ValueError, OSError) as exc:
         job.error = f"could not prepare the image: {exc}"
     return job
+
+
+def _info(image) -> imaging.ImageInfo:
+    return imaging.ImageInfo(
+        kind=image.kind,
+        format=image.format,
+        width=image.width,
+        height=image.height,
+        levels=image.levels,
+        mpp_x=image.mpp_x,
+        mpp_y=image.mpp_y,
+    )
+
+
+def _model_size() -> int:
+    return settings.MEDANNOT_MODEL_IMAGE_SIZE
+
+
+def jobs_prepare(tasks: list[Task], pool: ThreadPoolExecutor | None = None) -> list[Job]:
+    """Prepare a batch's jobs; in parallel when given a thread pool."""
+    templates = {t.project_id: t.project.current_prompt() for t in tasks}  # one query a project
+    args = [(task, templates[task.project_id]) for task in tasks]
+    if pool is None:
+        return [job_prepare(*a) for a in args]
+    return list(pool.map(lambda a: job_prepare(*a), args))
 
 
 def _draft_fields(job: Job, result: DraftResult) -> dict[str, Any]:
@@ -163,6 +195,7 @@ class DraftingLoop:
     # The three stages ---------------------------------------------------------------------
 
     def _prepare_batches(self, out: queue.Queue, stop: threading.Event, started: float) -> None:
+        pool = ThreadPoolExecutor(settings.MEDANNOT_PREPARE_THREADS, "draft-read")
         try:
             batches = 0
             while not stop.is_set():
@@ -174,7 +207,7 @@ class DraftingLoop:
                 if not tasks:
                     break
                 batches += 1
-                jobs = [job_prepare(task) for task in tasks]
+                jobs = jobs_prepare(tasks, pool)
                 ready = [job for job in jobs if not job.error]
                 for job in jobs:
                     if job.error:
@@ -184,6 +217,7 @@ class DraftingLoop:
         except Exception:
             log.exception("the drafting preparer failed")
         finally:
+            pool.shutdown()
             out.put(("done",))
             connection.close()
 

@@ -213,6 +213,8 @@ if MEDANNOT_DEVICE not in {None, "cpu", "cuda"} and not MEDANNOT_DEVICE.startswi
 MEDANNOT_MAX_NEW_TOKENS = envint("MEDANNOT_MAX_NEW_TOKENS", "512")
 MEDANNOT_MODEL_IMAGE_SIZE = envint("MEDANNOT_MODEL_IMAGE_SIZE", "896")
 MEDANNOT_BATCH_SIZE = envint("MEDANNOT_BATCH_SIZE", "8")
+# Threads reading images and cutting slide patches for the next batch.
+MEDANNOT_PREPARE_THREADS = max(1, envint("MEDANNOT_PREPARE_THREADS", "4"))
 if MEDANNOT_BATCH_SIZE < 1:
     raise ImproperlyConfigured("MEDANNOT_BATCH_SIZE must be at least 1")
 

@@ -11,10 +11,11 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from PIL import Image, ImageDraw
+from PIL import Image, ImageCms, ImageDraw
 
 from annotations import samples
 from annotations.imaging import ImageRejected
+from inference import patches
 from inference.patches import (
     PatchPlan,
     PatchSettings,
@@ -41,11 +42,13 @@ FAST = PatchSettings(patch_size=128)  # 1 µm/px, 128 px: 512 level-0 px on 0.25
 # --------------------------------------------------------------------------- slide writers
 
 
-def _write_pyramid(path: Path, rgb: np.ndarray, mpp: float | None, tile: int = 256) -> Path:
+def _write_pyramid(
+    path: Path, rgb: np.ndarray, mpp: float | None, tile: int = 256, *, pyramid: bool = True
+) -> Path:
     """A tiled deflate pyramid (the samples.py generic-tiff recipe); mpp None: no resolution."""
     levels = [rgb]
     img = Image.fromarray(rgb)
-    while max(img.size) > tile:
+    while pyramid and max(img.size) > tile:
         img = img.reduce(2)
         levels.append(np.asarray(img))
     with tifffile.TiffWriter(path) as tif:
@@ -112,6 +115,7 @@ def slides(tmp_path_factory) -> dict[str, Path]:
         "aperio": samples.write_synthetic_slide(d / "aperio.svs", flavour="aperio", seed=3),
         "small": samples.write_synthetic_slide(d / "small.tiff", width=512, height=384, seed=1),
         "pen": _write_pyramid(d / "pen.tiff", _pen_rgb(), mpp=0.5),
+        "flat": _write_pyramid(d / "flat.tiff", _pen_rgb(), mpp=0.5, pyramid=False),
         "nompp": _write_pyramid(d / "nompp.tiff", np.asarray(nompp), mpp=None),
         "tiny": _write_pyramid(d / "tiny.tiff", np.asarray(tiny_rgb), mpp=0.25),
         "blank": _write_pyramid(d / "blank.tiff", np.asarray(_glass(2048, 1536)), mpp=0.25),
@@ -211,6 +215,17 @@ def test_tissue_mask_drops_pen_and_dark_marks(slides):
     assert mask[round(600 / ds) : round(1200 / ds), round(500 / ds) : round(1100 / ds)].mean() > 0.9
 
 
+def test_tissue_mask_of_a_level_too_big_is_read_in_chunks(slides, monkeypatch):
+    monkeypatch.setattr(patches, "_MASK_CHUNK", 1000)  # 3072 x 2048 level 0: 4 x 3 chunks
+    with openslide.OpenSlide(slides["flat"]) as slide:
+        assert slide.level_count == 1
+        mask, ds = tissue_mask(slide, max_side=768)
+    with openslide.OpenSlide(slides["pen"]) as slide:
+        reference, ref_ds = tissue_mask(slide, max_side=768)  # level 2: 768 x 512
+    assert mask.shape == reference.shape == (512, 768) and ds == ref_ds == 4.0
+    assert (mask & reference).sum() / (mask | reference).sum() > 0.95
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -283,6 +298,20 @@ def test_pen_marks_black_blobs_and_blank_glass_get_no_patches(slides):
         assert blue.mean() < 0.005
     # tissue below the stroke is still used
     assert any(r.y >= STROKE_ROWS[1] for r in plan.regions)
+
+
+def test_threaded_reading_and_icc_profiles(slides, monkeypatch):
+    plan = plan_patches(slides["generic"], FAST)
+    plain = read_patches(slides["generic"], plan)
+    threaded = read_patches(slides["generic"], plan, workers=2)
+    assert [img.tobytes() for img in threaded] == [img.tobytes() for img in plain]
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    monkeypatch.setattr(openslide.OpenSlide, "color_profile", property(lambda self: srgb))
+    tagged = read_patches(slides["generic"], plan)
+    for a, b in zip(tagged, plain, strict=True):  # sRGB -> sRGB: (almost) unchanged
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert a.mode == "RGB" and diff.max() <= 2
 
 
 def test_slide_without_mpp_plans_with_a_note(slides):
@@ -376,3 +405,9 @@ def test_missing_file_and_photo_are_rejected(tmp_path):
     photo = samples.write_derm_photo(tmp_path / "skin.png", fmt="PNG")
     with pytest.raises(ImageRejected, match="not a whole-slide image"):
         plan_patches(photo, FAST)
+
+
+def test_absurd_settings_for_the_slide_raise(slides, monkeypatch):
+    monkeypatch.setattr(patches, "_MAX_CANDIDATES", 10)
+    with pytest.raises(ValueError, match="candidate patches"):
+        plan_patches(slides["generic"], PatchSettings(patch_size=64))

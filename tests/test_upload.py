@@ -115,3 +115,16 @@ def test_the_preview_is_a_jpeg(
     response = client_for(people.pathologist).get(reverse("task-preview", args=[task.pk]))
     assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
     assert b"".join(response.streaming_content)[:2] == b"\xff\xd8"
+
+
+def test_uploading_again_restores_a_lost_file(
+    people, client_for, sample_files, django_capture_on_commit_callbacks
+):
+    client = client_for(people.researcher)
+    with django_capture_on_commit_callbacks(execute=False):
+        upload(client, people.project, [sample_files["photo"].open("rb")])
+        (stored,) = files_on_disk()
+        stored.unlink()
+        response = upload(client, people.project, [sample_files["photo"].open("rb")])
+    assert "duplicate" in response.content.decode()
+    assert files_on_disk() == [stored]
