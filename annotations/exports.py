@@ -13,7 +13,7 @@ from inference.backends.base import AI_NOTICE
 def label_rows(project: Project) -> Iterator[dict[str, Any]]:
     labels = (
         Label.objects.filter(task__project=project)
-        .select_related("task__image", "draft", "reviewer")
+        .select_related("task__image", "draft__prompt_template", "reviewer")
         .order_by("task_id", "id")
     )
     for label in labels.iterator(chunk_size=500):
@@ -36,6 +36,10 @@ def label_rows(project: Project) -> Iterator[dict[str, Any]]:
             "model_revision": draft.model_revision,
             "backend": draft.backend,
             "prompt": draft.prompt,
+            "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
+            "draft_truncated": draft.truncated,
+            "regions": draft.regions,
+            "task_metadata": label.task.metadata,
             "generation": draft.generation,
             "draft_notice": AI_NOTICE,
         }

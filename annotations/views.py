@@ -119,6 +119,29 @@ def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
+@require_POST
+@login_required
+def project_retry_failed(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for_user(request.user, project_id, Can.MANAGE)
+    count = services.tasks_retry_failed(project=project, actor=request.user)
+    messages.success(request, f"{count} failed task{'s' if count != 1 else ''} queued again.")
+    url = reverse("project-detail", args=[project.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_POST
+@login_required
+def task_redraft(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = task_for_user(request.user, task_id, Can.MANAGE)
+    try:
+        services.task_redraft(task_id=task.pk, actor=request.user)
+        messages.success(request, f"Task {task.pk} queued for a new draft; earlier drafts stay.")
+    except services.InvalidTransition as exc:
+        messages.error(request, str(exc))
+    url = reverse("task-detail", args=[task.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
 @require_GET
 @login_required
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
@@ -170,7 +193,7 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
 
 
 def _review_context(request: HttpRequest, task, form: DecisionForm | None = None) -> dict:
-    draft = task.latest_draft()
+    draft = task.drafts.select_related("prompt_template").order_by("-created_at", "-id").first()
     label = task.labels.filter(reviewer=request.user).select_related("draft").first()
     if form is None and draft is not None:
         form = DecisionForm(
@@ -184,6 +207,7 @@ def _review_context(request: HttpRequest, task, form: DecisionForm | None = None
         "project": task.project,
         "image": task.image,
         "draft": draft,
+        "n_drafts": task.drafts.count(),
         "label": label,
         "other_labels": task.labels.exclude(reviewer=request.user).select_related("reviewer"),
         "form": form,

@@ -60,9 +60,16 @@ def template_fields(template: str) -> list[str]:
 
 
 def validate_template(template: str) -> None:
-    for name in template_fields(template):
-        if not name.isidentifier():
-            raise ValueError(f"placeholder {{{name}}}: use simple names such as {{organ}}")
+    """Raise ValueError if a template could not be rendered for every task."""
+    try:
+        names = template_fields(template)
+        if any(not name.isidentifier() for name in names) or "" in [
+            n for _, n, _, _ in string.Formatter().parse(template) if n is not None
+        ]:
+            raise ValueError("use simple placeholders such as {organ}")
+        render(template, {})
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"the template cannot be filled in: {exc}") from None
 
 
 def render(template: str, fields: Mapping[str, object]) -> str:

@@ -78,17 +78,7 @@ def job_prepare(task: Task, template: PromptTemplate | None) -> Job:
             if not pictures:  # no tissue found: the model sees the whole slide, shrunk
                 pictures = [imaging.load_for_model(path, _info(image), size=_model_size())]
         else:
-            info = imaging.ImageInfo(
-                kind=image.kind,
-                format=image.format,
-                width=image.width,
-                height=image.height,
-                levels=image.levels,
-                mpp_x=image.mpp_x,
-                mpp_y=image.mpp_y,
-            )
-            pictures = [imaging.load_for_model(path, info, size=settings.MEDANNOT_MODEL_IMAGE_SIZE)]
-        template = task.project.current_prompt()
+            pictures = [imaging.load_for_model(path, _info(image), size=_model_size())]
         prompt = prompt_for(modality=task.project.modality, template=template, fields=task.metadata)
         job.prompt_template_id = template.pk if template else None
         job.request = DraftRequest(

@@ -11,6 +11,12 @@ urlpatterns = [
     path("projects/<int:project_id>/", views.project_detail, name="project-detail"),
     path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
     path("projects/<int:project_id>/export.jsonl", views.project_export, name="project-export"),
+    path(
+        "projects/<int:project_id>/retry-failed/",
+        views.project_retry_failed,
+        name="project-retry-failed",
+    ),
+    path("tasks/<int:task_id>/redraft/", views.task_redraft, name="task-redraft"),
     path("tasks/<int:task_id>/", views.task_detail, name="task-detail"),
     path("tasks/<int:task_id>/decide/", views.task_decide, name="task-decide"),
     path("tasks/<int:task_id>/retry/", views.task_retry, name="task-retry"),

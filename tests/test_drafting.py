@@ -243,3 +243,43 @@ def test_the_loop_stops_claiming_after_its_time_budget(project, backend, tmp_pat
     stats = DraftingLoop(backend=backend, batch_size=1, max_seconds=0).run()
     assert stats.drafts == 0
     assert Task.objects.filter(state="queued").count() == 3  # left for the next message
+
+
+def test_a_site_can_draft_on_a_served_model_by_settings_alone(
+    project, tmp_path, settings, demo_model_dir
+):
+    from inference import backends
+    from tests.served_model_server import served_model
+
+    tasks = queue(project, *photos(tmp_path, 3))
+    with served_model(demo_model_dir) as server:
+        settings.MEDANNOT_BACKEND = "inference.backends.served.ServedBackend"
+        settings.MEDANNOT_MODEL = server.model_name
+        settings.MEDANNOT_BACKEND_OPTIONS = {"base_url": server.url, "concurrency": 2}
+        backends.reset_backend()
+        try:
+            stats = drafts_run(batch_size=3)
+        finally:
+            backends.reset_backend()
+    assert stats.drafts == 3
+    for task in tasks:
+        draft = Draft.objects.get(task=task)
+        assert draft.backend == "served" and draft.text
+        assert "base64" not in draft.prompt and "<image 1:" in draft.prompt
+
+
+def test_a_cuda_worker_without_a_gpu_refuses_to_start():
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"DJANGO_SETTINGS_MODULE": "tests.settings", "MEDANNOT_DEVICE": "cuda"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "medannot", "worker", "-Q", "gpu", "-P", "solo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "no CUDA device is visible" in result.stderr and "Refusing to start" in result.stderr

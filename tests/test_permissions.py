@@ -16,7 +16,9 @@ MATRIX = {
     "task-detail": [200, 200, 404, 200, 404, 302],
     "task-decide": [200, 200, 404, 403, 404, 302],
     "task-retry": [302, 403, 404, 403, 404, 302],
-    "task-preview": [None, None, 404, None, 404, 302],  # None: allowed (no file here: not 403/404)
+    "task-preview": [None, None, 404, None, 404, 302],
+    "project-retry-failed": [302, 403, 404, 403, 404, 302],
+    "task-redraft": [302, 403, 404, 403, 404, 302],  # None: allowed (no file here: not 403/404)
 }
 
 
@@ -31,7 +33,7 @@ def _request(client, name, task):
         url = reverse(name, args=[task.pk])
     if name == "task-decide":
         return client.post(url, {"decision": "accepted", "draft_id": task.latest_draft().pk})
-    if name == "task-retry":
+    if name in ("task-retry", "task-redraft", "project-retry-failed"):
         return client.post(url)
     return client.get(url)
 

@@ -4,7 +4,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from annotations import health
-from annotations.models import TaskState
+from annotations.models import Task, TaskState
 from tests.factories import make_drafted_task, make_task
 
 
@@ -73,3 +73,24 @@ def test_an_admin_can_retry_a_failed_task(people, client_for, django_capture_on_
     assert response.status_code == 302
     task.refresh_from_db()
     assert task.state == TaskState.QUEUED
+
+
+def test_an_admin_can_retry_every_failed_task(
+    people, client_for, django_capture_on_commit_callbacks
+):
+    failed = [make_task(people.project, state=TaskState.FAILED) for _ in range(3)]
+    make_drafted_task(people.project)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client_for(people.admin).post(
+            reverse("project-retry-failed", args=[people.project.pk]), follow=True
+        )
+    assert "3 failed tasks queued again." in response.content.decode()
+    assert {t.state for t in Task.objects.filter(pk__in=[t.pk for t in failed])} == {"queued"}
+    assert len(callbacks) == 3
+
+
+def test_the_retry_all_button_is_for_admins_only(people, client_for):
+    make_task(people.project, state=TaskState.FAILED)
+    url = reverse("project-detail", args=[people.project.pk])
+    assert "Retry all 1 failed" in client_for(people.admin).get(url).content.decode()
+    assert "Retry all" not in client_for(people.pathologist).get(url).content.decode()

@@ -2,7 +2,7 @@
 
 from django.urls import reverse
 
-from annotations.models import AuditEvent, Label, TaskState
+from annotations.models import AuditEvent, Draft, Label, TaskState
 from tests.factories import make_drafted_task, make_task
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
@@ -110,3 +110,37 @@ def test_pages_carry_a_strict_content_security_policy(people, client_for):
     response = client_for(people.pathologist).get(reverse("task-detail", args=[task.pk]))
     assert "script-src 'self'" in response["Content-Security-Policy"]
     assert "<script>" not in response.content.decode()  # no inline scripts
+
+
+def test_the_review_page_shows_what_the_model_saw_and_its_trace(people, client_for):
+    task = make_drafted_task(people.project)
+    Draft.objects.filter(task=task).update(
+        regions=[{"x": 1792, "y": 896, "width": 1792, "height": 1792, "mpp": 1.0}],
+        thinking="thought: look at the nuclei",
+        truncated=True,
+    )
+    body = (
+        client_for(people.pathologist).get(reverse("task-detail", args=[task.pk])).content.decode()
+    )
+    assert "The model saw 1 patch of this slide" in body and "x 1792, y 896" in body
+    assert "thought: look at the nuclei" in body and "reasoning trace" in body
+    assert "hit the token limit" in body
+    assert "prompt default" in body
+
+
+def test_a_redraft_keeps_the_old_draft_and_its_label(
+    people, client_for, django_capture_on_commit_callbacks
+):
+    from annotations import services
+
+    task = make_drafted_task(people.project)
+    first = task.latest_draft()
+    services.label_record(
+        task_id=task.pk, reviewer=people.pathologist, decision="accepted", draft_id=first.pk
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client_for(people.admin).post(reverse("task-redraft", args=[task.pk]))
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert task.state == TaskState.QUEUED
+    assert Label.objects.get(task=task).draft == first

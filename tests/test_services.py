@@ -201,3 +201,51 @@ def test_a_failed_task_can_be_retried(people, django_capture_on_commit_callbacks
 def test_membership_gives_the_role_group(people):
     assert people.pathologist.groups.filter(name="pathologist").exists()
     assert people.researcher.groups.filter(name="researcher").exists()
+
+
+def test_the_sweep_puts_back_tasks_whose_worker_was_lost(
+    people, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    lost = make_task(people.project, state=TaskState.QUEUED)
+    claimed = services.task_claim(task_id=lost.pk)
+    fresh = make_task(people.project, state=TaskState.QUEUED)
+    services.task_claim(task_id=fresh.pk)
+    Task.objects.filter(pk=lost.pk).update(drafting_started_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        swept = services.tasks_sweep_stuck(lease_seconds=600)
+    assert swept == [lost.pk] and len(callbacks) == 1
+    lost.refresh_from_db()
+    assert lost.state == TaskState.QUEUED
+    # The lost worker's late result is dropped: the next claim drafts it once.
+    assert (
+        services.draft_record(
+            task_id=lost.pk,
+            attempt=claimed.attempt,
+            fields=dict(
+                text="late",
+                backend="t",
+                model_id="m",
+                prompt="p",
+                tokens_in=1,
+                tokens_out=1,
+                seconds=0,
+            ),
+        )
+        is None
+    )
+    assert not Draft.objects.filter(task=lost).exists()
+
+
+def test_prompt_templates_are_versioned(people):
+    v1 = services.prompt_template_save(project=people.project, instruction="Describe {organ}.")
+    v2 = services.prompt_template_save(project=people.project, instruction="List findings.")
+    assert (v1.version, v2.version) == (1, 2)
+    assert people.project.current_prompt() == v2
+    with pytest.raises(ValueError):
+        services.prompt_template_save(project=people.project, instruction="  ")
+    with pytest.raises(ValueError):
+        services.prompt_template_save(project=people.project, instruction="Bad {organ!x}")
