@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -25,6 +27,7 @@ from annotations.forms import DecisionForm, UploadForm
 from annotations.models import Image, TaskState
 
 PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
+TASKS_PER_PAGE = 100
 
 
 @require_GET
@@ -43,10 +46,17 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         state = None
     counts = selectors.project_task_counts(project)
     polling = any(counts[s] for s in PENDING)
+    # Paged: a project of 10,000 tasks renders as fast as one of 100.
+    page = Paginator(selectors.project_tasks(project, state=state), TASKS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    may = _may(request.user, project)
     context = {
         "project": project,
-        "may": _may(request.user, project),
-        "tasks": selectors.project_tasks(project, state=state),
+        "may": may,
+        "tasks": page,
+        "page_query": urlencode({k: v for k, v in (("state", state),) if v}),
+        "next_task": selectors.next_task_to_review(project) if may["review"] else None,
         "counts": counts,
         "state": state,
         "state_counts": [(value, label, counts[value]) for value, label in TaskState.choices],

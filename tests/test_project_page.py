@@ -94,3 +94,19 @@ def test_the_retry_all_button_is_for_admins_only(people, client_for):
     url = reverse("project-detail", args=[people.project.pk])
     assert "Retry all 1 failed" in client_for(people.admin).get(url).content.decode()
     assert "Retry all" not in client_for(people.pathologist).get(url).content.decode()
+
+
+def test_a_large_project_is_paged(people, client_for):
+    from tests.factories import make_image
+
+    Task.objects.bulk_create(
+        Task(project=people.project, image=make_image(), state=TaskState.DRAFTED)
+        for _ in range(250)
+    )
+    url = reverse("project-detail", args=[people.project.pk])
+    client = client_for(people.pathologist)
+    first = client.get(url).content.decode()
+    assert first.count('<tr id="task-') == 100 and "Page 1 of 3" in first
+    last = client.get(url + "?page=3").content.decode()
+    assert last.count('<tr id="task-') == 50
+    assert "Review drafts (250)" in first

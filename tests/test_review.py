@@ -13,7 +13,7 @@ def test_the_review_page_marks_the_draft_as_ai_generated(people, client_for):
     response = client_for(people.pathologist).get(reverse("task-detail", args=[task.pk]))
     assert response.status_code == 200
     body = response.content.decode()
-    assert "AI-generated draft" in body and "Not a medical device" in body
+    assert "AI-generated draft" in body and "not a medical device" in body
     assert "Lobular carcinoma in situ." in body
     assert 'id="decision-form"' in body
 
