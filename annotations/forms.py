@@ -40,3 +40,32 @@ class DecisionForm(forms.Form):
         if data.get("decision") == Decision.REJECTED and not (data.get("reason") or "").strip():
             self.add_error("reason", "Say why the draft is rejected.")
         return data
+
+
+class ProjectSettingsForm(forms.Form):
+    """A project's prompt (saved as a new version) and its whole-slide patch settings."""
+
+    system = forms.CharField(
+        label="System text",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Optional. Gemma puts it before the instruction in the first turn.",
+    )
+    instruction = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Manifest fields can be filled in: {organ}, {procedure}, {site} ...",
+    )
+    target_mpp = forms.FloatField(label="Patch resolution (µm per pixel)", min_value=0.1)
+    patch_size = forms.IntegerField(label="Patch size (pixels)", min_value=64, max_value=4096)
+    max_patches = forms.IntegerField(label="Patches per slide, at most", min_value=1, max_value=500)
+
+    def clean(self):
+        from inference.prompts import validate_template
+
+        data = super().clean()
+        for name in ("system", "instruction"):
+            try:
+                validate_template(data.get(name) or "")
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+        return data

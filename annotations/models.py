@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from annotations import imaging
+
 
 class Modality(models.TextChoices):
     PATHOLOGY = "pathology", "Pathology"
@@ -124,6 +126,18 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.original_name
+
+    def info(self) -> imaging.ImageInfo:
+        """What inspection found, for the imaging functions."""
+        return imaging.ImageInfo(
+            kind=self.kind,
+            format=self.format,
+            width=self.width,
+            height=self.height,
+            levels=self.levels,
+            mpp_x=self.mpp_x,
+            mpp_y=self.mpp_y,
+        )
 
 
 class TaskState(models.TextChoices):

@@ -180,6 +180,28 @@ def prompt_template_save(
     return template
 
 
+def project_slide_settings_set(
+    *, project: Project, values: dict, actor: AbstractBaseUser | None = None
+) -> Project:
+    """Validate and store a project's whole-slide patch settings."""
+    from inference.patches import PatchSettings
+
+    merged = PatchSettings.from_dict(project.slide_settings | values).as_dict()  # ValueError
+    if merged != project.slide_settings:
+        with transaction.atomic():
+            before = project.slide_settings
+            project.slide_settings = merged
+            project.save(update_fields=["slide_settings"])
+            audit_record(
+                action="project.slide_settings",
+                actor=actor,
+                project=project,
+                before=before,
+                after=merged,
+            )
+    return project
+
+
 def membership_set(
     *, project: Project, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
 ) -> Membership:

@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from annotations import exports, health, imaging, selectors, services
 from annotations.access import Can, capabilities, project_for_user, projects_for_user, task_for_user
-from annotations.forms import DecisionForm, UploadForm
+from annotations.forms import DecisionForm, ProjectSettingsForm, UploadForm
 from annotations.models import Image, TaskState
 
 PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
@@ -127,6 +127,51 @@ def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
         messages.success(request, f"Task {task.pk} queued again.")
     url = reverse("project-detail", args=[task.project_id])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
+    """An admin edits the prompt (a new version each time) and the slide patch settings."""
+    from inference.patches import PatchSettings
+    from inference.prompts import DEFAULTS
+
+    project = project_for_user(request.user, project_id, Can.MANAGE)
+    current = project.current_prompt()
+    system, instruction = (
+        (current.system, current.instruction)
+        if current
+        else DEFAULTS.get(project.modality, DEFAULTS["other"])
+    )
+    patches = PatchSettings.from_dict(project.slide_settings).as_dict()
+    initial = {
+        "system": system,
+        "instruction": instruction,
+        **{k: patches[k] for k in ("target_mpp", "patch_size", "max_patches")},
+    }
+    form = ProjectSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        if (data["system"].strip(), data["instruction"].strip()) != (
+            system.strip(),
+            instruction.strip(),
+        ):
+            template = services.prompt_template_save(
+                project=project,
+                instruction=data["instruction"],
+                system=data["system"],
+                actor=request.user,
+            )
+            messages.success(request, f"Prompt saved as version {template.version}.")
+        slide = {k: data[k] for k in ("target_mpp", "patch_size", "max_patches")}
+        services.project_slide_settings_set(project=project, values=slide, actor=request.user)
+        return redirect("project-settings", project_id=project.pk)
+    versions = project.prompt_templates.select_related("created_by").order_by("-version")
+    return render(
+        request,
+        "annotations/project_settings.html",
+        {"project": project, "form": form, "current": current, "versions": versions},
+    )
 
 
 @require_POST
@@ -239,18 +284,10 @@ def task_preview(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id)
     path = _preview_path(task.image)
     if not path.exists():
-        image = task.image
-        info = imaging.ImageInfo(
-            kind=image.kind,
-            format=image.format,
-            width=image.width,
-            height=image.height,
-            levels=image.levels,
-            mpp_x=image.mpp_x,
-            mpp_y=image.mpp_y,
-        )
         try:
-            picture = imaging.render_preview(Path(settings.MEDIA_ROOT) / image.file, info)
+            picture = imaging.render_preview(
+                Path(settings.MEDIA_ROOT) / task.image.file, task.image.info()
+            )
         except imaging.ImageRejected:
             return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
         buf = io.BytesIO()

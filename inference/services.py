@@ -76,9 +76,9 @@ def job_prepare(task: Task, template: PromptTemplate | None) -> Job:
             pictures = patches.read_patches(path, plan)
             job.regions = [region.as_dict() for region in plan.regions]
             if not pictures:  # no tissue found: the model sees the whole slide, shrunk
-                pictures = [imaging.load_for_model(path, _info(image), size=_model_size())]
+                pictures = [imaging.load_for_model(path, image.info(), size=_model_size())]
         else:
-            pictures = [imaging.load_for_model(path, _info(image), size=_model_size())]
+            pictures = [imaging.load_for_model(path, image.info(), size=_model_size())]
         prompt = prompt_for(modality=task.project.modality, template=template, fields=task.metadata)
         job.prompt_template_id = template.pk if template else None
         job.request = DraftRequest(
@@ -92,18 +92,6 @@ def job_prepare(task: Task, template: PromptTemplate | None) -> Job:
     except (ValueError, OSError) as exc:
         job.error = f"could not prepare the image: {exc}"
     return job
-
-
-def _info(image) -> imaging.ImageInfo:
-    return imaging.ImageInfo(
-        kind=image.kind,
-        format=image.format,
-        width=image.width,
-        height=image.height,
-        levels=image.levels,
-        mpp_x=image.mpp_x,
-        mpp_y=image.mpp_y,
-    )
 
 
 def _model_size() -> int:

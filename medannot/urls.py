@@ -11,6 +11,7 @@ urlpatterns = [
     path("projects/<int:project_id>/", views.project_detail, name="project-detail"),
     path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
     path("projects/<int:project_id>/export.jsonl", views.project_export, name="project-export"),
+    path("projects/<int:project_id>/settings/", views.project_settings, name="project-settings"),
     path(
         "projects/<int:project_id>/retry-failed/",
         views.project_retry_failed,

@@ -18,6 +18,7 @@ MATRIX = {
     "task-retry": [302, 403, 404, 403, 404, 302],
     "task-preview": [None, None, 404, None, 404, 302],
     "project-retry-failed": [302, 403, 404, 403, 404, 302],
+    "project-settings": [200, 403, 404, 403, 404, 302],
     "task-redraft": [302, 403, 404, 403, 404, 302],  # None: allowed (no file here: not 403/404)
 }
 

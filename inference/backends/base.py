@@ -54,3 +54,19 @@ class DraftingBackend(Protocol):
     model_revision: str
 
     def draft(self, request: DraftRequest) -> DraftResult: ...
+
+
+def validate_request(request: DraftRequest) -> None:
+    """Reject requests that cannot work, before they reach a model or a server."""
+    if request.max_new_tokens < 1:
+        raise BackendError("max_new_tokens must be at least 1", permanent=True)
+    for i, image in enumerate(request.images):
+        if not isinstance(image, PILImage.Image):
+            kind = type(image).__name__
+            raise BackendError(f"image {i} is a {kind}, not a PIL image", permanent=True)
+        if image.width < 1 or image.height < 1:
+            raise BackendError(f"image {i} is empty ({image.width}x{image.height})", permanent=True)
+        try:
+            image.load()  # PIL decodes lazily: surface truncated or corrupt files here
+        except Exception as exc:
+            raise BackendError(f"image {i} cannot be decoded: {exc}", permanent=True) from exc

@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from .base import BackendError, DraftRequest, DraftResult
+from .base import BackendError, DraftRequest, DraftResult, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class ServedBackend:
         other than 408/425/429) or that cannot be encoded, and ``BackendError(permanent=False)``
         once the retries for transient failures are spent.
         """
-        _validate(request)
+        validate_request(request)
         limit = min(request.max_new_tokens, self.max_new_tokens)
         messages, placeholders = self.messages(request)
         payload: dict[str, Any] = {
@@ -539,19 +539,3 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _validate(request: DraftRequest) -> None:
-    """Reject requests that cannot work before anything is sent."""
-    if request.max_new_tokens < 1:
-        raise BackendError("max_new_tokens must be at least 1", permanent=True)
-    for i, image in enumerate(request.images):
-        if not isinstance(image, PILImage.Image):
-            kind = type(image).__name__
-            raise BackendError(f"image {i} is a {kind}, not a PIL image", permanent=True)
-        if image.width < 1 or image.height < 1:
-            raise BackendError(f"image {i} is empty ({image.width}x{image.height})", permanent=True)
-        try:
-            image.load()  # PIL decodes lazily: surface truncated/corrupt files here
-        except Exception as exc:
-            raise BackendError(f"image {i} cannot be decoded: {exc}", permanent=True) from exc

@@ -9,20 +9,19 @@ The same code loads the real ``google/medgemma-1.5-4b-it`` and the tiny random m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.utils import logging as hf_logging
 
-from .base import BackendError, DraftRequest, DraftResult
+from inference.demo_model import quiet_progress_bars
+
+from .base import BackendError, DraftRequest, DraftResult, validate_request
 
 # MedGemma 1.5 may open a thinking trace with <unused94> and close it with <unused95> before the
 # answer. A draft is the answer only.
@@ -32,17 +31,6 @@ THOUGHT_END = "<unused95>"
 ATTN_IMPLEMENTATION = "sdpa"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -175,7 +163,7 @@ class TransformersBackend:
             if pinned is not None:
                 load_kwargs["revision"] = pinned
 
-        with _quiet_progress_bars():  # no tqdm bars in worker logs
+        with quiet_progress_bars():  # no tqdm bars in worker logs
             self.processor = AutoProcessor.from_pretrained(self.model_id, **load_kwargs)
             self.model = AutoModelForImageTextToText.from_pretrained(
                 self.model_id,
@@ -215,7 +203,7 @@ class TransformersBackend:
         """CPU work of a batch (templates, tokens, pixel tensors), kept apart from ``generate``
         so that a worker can prepare the next batch while the device runs this one."""
         for req in requests:
-            _validate(req)
+            validate_request(req)
         if not requests:
             return PreparedBatch([], [], [], None, time.perf_counter())
         limits = [min(req.max_new_tokens, self.max_new_tokens) for req in requests]
@@ -369,19 +357,3 @@ class TransformersBackend:
             start = ids.index(self._thought_start)
             return ids[:start], ids[start:]
         return ids, []
-
-
-def _validate(request: DraftRequest) -> None:
-    """Reject requests that cannot work, before they reach the processor."""
-    if request.max_new_tokens < 1:
-        raise BackendError("max_new_tokens must be at least 1", permanent=True)
-    for i, image in enumerate(request.images):
-        if not isinstance(image, PILImage.Image):
-            kind = type(image).__name__
-            raise BackendError(f"image {i} is a {kind}, not a PIL image", permanent=True)
-        if image.width < 1 or image.height < 1:
-            raise BackendError(f"image {i} is empty ({image.width}x{image.height})", permanent=True)
-        try:
-            image.load()  # PIL decodes lazily: surface truncated/corrupt files here
-        except Exception as exc:
-            raise BackendError(f"image {i} cannot be decoded: {exc}", permanent=True) from exc
