@@ -250,6 +250,7 @@ def image_ingest(
     original_name: str,
     uploaded_by: AbstractBaseUser | None = None,
     enqueue: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> IngestResult:
     """Store one file, inspect it, and make it a task of `project`.
 
@@ -271,7 +272,9 @@ def image_ingest(
                 staged.commit(Path(existing.file).suffix)
             info = None if existing else imaging.inspect_image(staged.temp_path)
             try:
-                return _ingest_rows(project, staged, existing, info, name, uploaded_by, enqueue)
+                return _ingest_rows(
+                    project, staged, existing, info, name, uploaded_by, enqueue, metadata or {}
+                )
             except BaseException:
                 _undo_unreferenced(staged)
                 raise
@@ -289,7 +292,9 @@ def _undo_unreferenced(staged) -> None:
         staged.undo_commit()
 
 
-def _ingest_rows(project, staged, image, info, name, uploaded_by, enqueue) -> IngestResult:
+def _ingest_rows(
+    project, staged, image, info, name, uploaded_by, enqueue, metadata
+) -> IngestResult:
     with transaction.atomic():
         if image is None:
             relpath = staged.commit(imaging.suffix_for(info, name))
@@ -309,7 +314,9 @@ def _ingest_rows(project, staged, image, info, name, uploaded_by, enqueue) -> In
                     uploaded_by=uploaded_by,
                 ),
             )
-        task, created = Task.objects.get_or_create(project=project, image=image)
+        task, created = Task.objects.get_or_create(
+            project=project, image=image, defaults={"metadata": metadata}
+        )
         if not created:
             return IngestResult(
                 name, "duplicate", f"already in this project as task {task.pk}", task
@@ -318,7 +325,7 @@ def _ingest_rows(project, staged, image, info, name, uploaded_by, enqueue) -> In
             action="task.create",
             actor=uploaded_by,
             task=task,
-            after={"image": image.sha256, "name": name},
+            after={"image": image.sha256, "name": name, "metadata": metadata},
         )
         if enqueue:
             task_enqueue(task_id=task.pk, actor=uploaded_by)

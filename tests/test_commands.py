@@ -116,3 +116,36 @@ def test_seed_demo_is_safe_to_run_twice(db, tmp_path, settings, django_capture_o
     assert Task.objects.count() == 5
     assert "duplicate" in second
     assert first.splitlines()[-3:] == second.splitlines()[-3:]  # same logins printed
+
+
+def test_import_images_takes_manifest_fields_for_prompts(
+    people, tmp_path, sample_files, django_capture_on_commit_callbacks
+):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,organ,procedure\nlesion-1.jpg,breast,core biopsy\n")
+    with django_capture_on_commit_callbacks(execute=False):
+        run(
+            "import_images",
+            str(sample_files["photo"]),
+            "--project",
+            "Breast biopsies",
+            "--manifest",
+            str(manifest),
+        )
+    task = Task.objects.get(project=people.project)
+    assert task.metadata == {"organ": "breast", "procedure": "core biopsy"}
+
+
+def test_import_images_refuses_a_manifest_without_a_file_column(people, tmp_path, sample_files):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("name,organ\nx.jpg,lung\n")
+    with pytest.raises(CommandError, match="needs a `file` column"):
+        run(
+            "import_images",
+            str(sample_files["photo"]),
+            "--project",
+            "Breast biopsies",
+            "--manifest",
+            str(manifest),
+        )
+    assert not Task.objects.exists()

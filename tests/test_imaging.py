@@ -519,3 +519,14 @@ def test_pixels_of_missing_or_damaged_files_raise_image_rejected(
     with pytest.raises(ImageRejected, match="^unreadable image:") as excinfo:
         imaging.render_preview(photo, photo_info)
     assert "d.jpg" not in str(excinfo.value)
+
+
+def test_load_for_model_applies_exif_orientation_before_padding(tmp_path: Path) -> None:
+    # Stored landscape 400×300 with orientation 6: upright it is portrait, so the square
+    # gets its padding left and right, not above and below.
+    path = samples.write_derm_photo(tmp_path / "rot.jpg", size=(400, 300), orientation=6)
+    info = imaging.inspect_image(path)
+    img = np.asarray(imaging.load_for_model(path, info, size=400), dtype=np.int16)
+    left, top = img[200, 5], img[5, 200]
+    assert np.abs(left - 128).max() <= 2  # neutral padding
+    assert np.abs(top - 128).max() > 10  # skin, not padding

@@ -1,3 +1,4 @@
+import csv
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,6 +21,24 @@ def iter_files(paths: list[str]):
             yield path
 
 
+def read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a CSV manifest by file (as written, and by name): its other columns."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "file" not in reader.fieldnames:
+                raise CommandError(f"{path}: the manifest needs a `file` column")
+            rows = {}
+            for row in reader:
+                name = (row.pop("file") or "").strip()
+                values = {k.strip(): (v or "").strip() for k, v in row.items() if k and v}
+                if name:
+                    rows[name] = rows[Path(name).name] = values
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CommandError(f"{path}: cannot read the manifest: {exc}") from None
+
+
 class Command(BaseCommand):
     help = "Import image files or folders into a project; one line per file."
 
@@ -29,18 +48,28 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-draft", action="store_true", help="create tasks without queueing drafts"
         )
+        parser.add_argument(
+            "--manifest",
+            help="CSV with a `file` column (name or path) and fields such as organ or "
+            "procedure, which prompt templates can use as {organ}",
+        )
 
-    def handle(self, *args, paths, project, no_draft, **options):
+    def handle(self, *args, paths, project, no_draft, manifest, **options):
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
+        fields = read_manifest(Path(manifest)) if manifest else {}
         counts = {"imported": 0, "duplicate": 0, "rejected": 0}
         for path in iter_files(paths):
             if not path.exists():
                 result = services.IngestResult(str(path), "rejected", "no such file")
             else:
                 result = services.image_ingest(
-                    project=target, source=path, original_name=path.name, enqueue=not no_draft
+                    project=target,
+                    source=path,
+                    original_name=path.name,
+                    enqueue=not no_draft,
+                    metadata=fields.get(str(path)) or fields.get(path.name),
                 )
             counts[result.status] += 1
             line = f"{result.status:9} {path}"
