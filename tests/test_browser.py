@@ -105,3 +105,35 @@ def test_a_pathologist_reviews_with_the_keyboard(
     assert (label.decision, label.text) == ("edited", "Seborrhoeic keratosis, irritated.")
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
     page.close()
+
+
+def test_errors_are_shown_and_nothing_typed_is_lost(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Browser", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    task = drafted(project, sample_files["photo"], "Compound naevus.")
+    page = browser.new_page()
+    page.goto(live_server.url + reverse("login"))
+    page.fill("#id_username", "paul")
+    page.fill("#id_password", "secret-pw-1")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + reverse("task-detail", args=[task.pk]))
+
+    page.click("#reject")  # no reason given: the 422 answer is shown, not dropped
+    page.wait_for_selector("text=Say why the draft is rejected.")
+    assert not Label.objects.exists()
+
+    page.fill("#id_text", "Junctional naevus.")
+    page.context.set_offline(True)  # the network drops
+    page.click("#save-edit")
+    page.wait_for_selector("#connection-problem:not([hidden])")
+    assert page.input_value("#id_text") == "Junctional naevus."
+    page.context.set_offline(False)
+    page.click("#save-edit")
+    page.wait_for_selector("text=Saved: Edited")
+    assert page.is_hidden("#connection-problem")
+    assert Label.objects.get(task=task).text == "Junctional naevus."
+    page.close()

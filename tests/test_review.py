@@ -144,3 +144,11 @@ def test_a_redraft_keeps_the_old_draft_and_its_label(
     task.refresh_from_db()
     assert task.state == TaskState.QUEUED
     assert Label.objects.get(task=task).draft == first
+
+
+def test_the_next_tasks_image_is_prefetched(people, client_for):
+    first, second = make_drafted_task(people.project), make_drafted_task(people.project)
+    body = (
+        client_for(people.pathologist).get(reverse("task-detail", args=[first.pk])).content.decode()
+    )
+    assert f'<link rel="prefetch" href="{reverse("task-preview", args=[second.pk])}">' in body
