@@ -502,6 +502,17 @@ def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
             swept.append(task_id)
         except InvalidTransition:
             continue  # finished meanwhile
+    # Queued long ago and never claimed: its message was lost (the broker was down when it
+    # was sent). Send another; a duplicate finds nothing to do.
+    waiting = Task.objects.filter(state=S.QUEUED, updated_at__lt=cutoff).values_list(
+        "id", flat=True
+    )
+    for task_id in waiting[:1000]:
+        try:
+            draft_task.delay(task_id)
+        except Exception:
+            log.warning("could not re-send the message of task %s", task_id, exc_info=True)
+            break
     return swept
 
 

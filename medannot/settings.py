@@ -239,7 +239,6 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-drafts": {"task": "inference.tasks.sweep_task", "schedule": 60.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 LOGGING = {
     "version": 1,

@@ -11,8 +11,10 @@ if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "stopping the worker left by an earlier run"
   kill "$(cat "$pidfile")" && sleep 2
 fi
+# -B: the beat that puts back drafts whose worker died runs inside this worker.
 "$PY" -m celery -A medannot worker -Q gpu,celery --concurrency 1 --loglevel INFO \
-  -n "local-gpu@%h" --logfile var/log/worker.log --pidfile "$pidfile" --detach
+  -n "local-gpu@%h" --logfile var/log/worker.log --pidfile "$pidfile" --detach \
+  -B --schedule var/celerybeat-schedule
 trap 'kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true' EXIT INT TERM
 echo
 echo "  MedAnnot is starting at http://$HOST:$PORT/  (worker log: var/log/worker.log)"

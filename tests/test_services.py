@@ -249,3 +249,19 @@ def test_prompt_templates_are_versioned(people):
         services.prompt_template_save(project=people.project, instruction="  ")
     with pytest.raises(ValueError):
         services.prompt_template_save(project=people.project, instruction="Bad {organ!x}")
+
+
+def test_the_sweep_resends_the_message_of_a_task_queued_long_ago(people, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference.tasks import draft_task
+
+    sent = []
+    monkeypatch.setattr(draft_task, "delay", lambda task_id: sent.append(task_id))
+    old = make_task(people.project, state=TaskState.QUEUED)
+    make_task(people.project, state=TaskState.QUEUED)  # queued just now: its message is on its way
+    Task.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    services.tasks_sweep_stuck(lease_seconds=600)
+    assert sent == [old.pk]
