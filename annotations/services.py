@@ -528,6 +528,18 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
         return draft
 
 
+def draft_release(*, task_id: int, attempt: int) -> None:
+    """Give back a claimed task that will not be drafted now (its worker is stopping)."""
+    from inference.tasks import draft_task
+
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task.state != S.DRAFTING or task.attempt != attempt:
+            return
+        task_transition(task_id=task_id, to=S.QUEUED, reason="released by a stopping worker")
+        transaction.on_commit(partial(draft_task.delay, task_id), robust=True)
+
+
 def draft_fail(*, task_id: int, attempt: int, error: str) -> None:
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task_id)

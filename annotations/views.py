@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import io
+import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -55,7 +55,7 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         "project": project,
         "may": may,
         "tasks": page,
-        "page_query": urlencode({k: v for k, v in (("state", state),) if v}),
+        "page_query": urlencode({"state": state} if state else {}),
         "next_task": selectors.next_task_to_review(project) if may["review"] else None,
         "counts": counts,
         "state": state,
@@ -88,9 +88,8 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
                     uploaded_by=request.user,
                 )
             )
-    status = 200
-    if results and not all(r.ok for r in results):
-        status = 422 if not any(r.ok for r in results) else 200
+    # 422 only when nothing of the upload could be kept.
+    status = 422 if results and not any(r.ok for r in results) else 200
     return render(
         request,
         "annotations/upload.html",
@@ -221,10 +220,7 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
                 text=data["text"],
                 reason=data["reason"],
             )
-        except services.ReviewConflict as exc:
-            form.add_error(None, str(exc))
-            status = 409
-        except services.InvalidTransition as exc:
+        except (services.ReviewConflict, services.InvalidTransition) as exc:
             form.add_error(None, str(exc))
             status = 409
         else:
@@ -290,12 +286,12 @@ def task_preview(request: HttpRequest, task_id: int) -> HttpResponse:
             )
         except imaging.ImageRejected:
             return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
-        buf = io.BytesIO()
-        picture.save(buf, "JPEG", quality=85)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a JPEG
+        # A file of this request's own, then an atomic rename: concurrent requests for the
+        # same preview never see, or write into, half a JPEG.
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
+            picture.save(tmp, "JPEG", quality=85)
+        Path(tmp.name).replace(path)
     response = FileResponse(path.open("rb"), content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=86400"
     return response

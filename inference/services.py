@@ -261,24 +261,33 @@ class DraftingLoop:
         recorder = threading.Thread(target=self._record, args=(results,), name="draft-record")
         preparer.start()
         recorder.start()
+        unfinished: list[Job] = []  # claimed, not drafted: given back if the loop stops early
         try:
             while (item := batches.get())[0] != "done":
                 if item[0] == "failed":
                     results.put((item[1], None))
                     continue
-                _, jobs, prepared = item
-                for job, result in zip(jobs, self._generate(jobs, prepared), strict=True):
+                _, unfinished, prepared = item
+                for job, result in zip(
+                    unfinished, self._generate(unfinished, prepared), strict=True
+                ):
                     results.put((job, result))
+                unfinished = []
         finally:
             stop.set()
             while preparer.is_alive():  # unblock a preparer waiting on a full queue
                 try:
-                    batches.get(timeout=0.1)
+                    item = batches.get(timeout=0.1)
                 except queue.Empty:
-                    pass
+                    continue
+                unfinished += item[1] if item[0] == "batch" else []
+                if item[0] == "failed":
+                    results.put((item[1], None))
             preparer.join()
             results.put(None)
             recorder.join()
+            for job in unfinished:
+                services.draft_release(task_id=job.task_id, attempt=job.attempt)
             self.stats.wall_seconds = time.perf_counter() - started
         return self.stats
 

@@ -283,3 +283,19 @@ def test_a_cuda_worker_without_a_gpu_refuses_to_start():
     )
     assert result.returncode != 0
     assert "no CUDA device is visible" in result.stderr and "Refusing to start" in result.stderr
+
+
+class Crashing(SmallGpu):
+    """A worker stopped mid-batch (a time limit, a shutdown): not a model error."""
+
+    def generate(self, batch):
+        raise KeyboardInterrupt
+
+
+def test_a_loop_stopped_mid_batch_gives_its_claimed_tasks_back(project, backend, tmp_path):
+    tasks = queue(project, *photos(tmp_path, 4))
+    with pytest.raises(KeyboardInterrupt):
+        DraftingLoop(backend=Crashing(backend), batch_size=2).run()
+    states = set(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("state", flat=True))
+    assert states == {"queued"}  # the batch in hand and the one prepared ahead
+    assert not Draft.objects.exists()
