@@ -10,12 +10,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import (
     FileResponse,
+    Http404,
     HttpRequest,
     HttpResponse,
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -24,10 +25,11 @@ from django_htmx.http import HttpResponseClientRedirect
 from annotations import exports, health, imaging, selectors, services
 from annotations.access import Can, capabilities, project_for_user, projects_for_user, task_for_user
 from annotations.forms import DecisionForm, ProjectSettingsForm, UploadForm
-from annotations.models import Image, TaskState
+from annotations.models import Draft, Image, TaskState
 
 PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
 TASKS_PER_PAGE = 100
+REGION_THUMBNAIL = 320
 
 
 @require_GET
@@ -286,15 +288,44 @@ def task_preview(request: HttpRequest, task_id: int) -> HttpResponse:
             )
         except imaging.ImageRejected:
             return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A file of this request's own, then an atomic rename: concurrent requests for the
-        # same preview never see, or write into, half a JPEG.
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
-            picture.save(tmp, "JPEG", quality=85)
-        Path(tmp.name).replace(path)
+        _write_jpeg(picture, path)
     response = FileResponse(path.open("rb"), content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+@require_GET
+@login_required
+def draft_region(request: HttpRequest, draft_id: int, index: int) -> HttpResponse:
+    """One of the slide patches a draft was made from, as the model saw it (scaled)."""
+    from inference.patches import PatchPlan, Region, read_patches
+
+    draft = get_object_or_404(Draft.objects.select_related("task"), pk=draft_id)
+    task = task_for_user(request.user, draft.task_id)  # access through the task
+    if not 0 <= index < len(draft.regions):
+        raise Http404("No such region")
+    path = Path(settings.MEDIA_ROOT) / "previews" / "regions" / f"{draft.pk}-{index}.jpg"
+    if not path.exists():
+        region = Region(**draft.regions[index])
+        plan = PatchPlan([region], level=region.level, mpp=region.mpp, note="")
+        try:
+            (patch,) = read_patches(Path(settings.MEDIA_ROOT) / task.image.file, plan)
+        except (imaging.ImageRejected, ValueError):
+            return HttpResponse("Region unavailable", status=422, content_type="text/plain")
+        patch.thumbnail((REGION_THUMBNAIL, REGION_THUMBNAIL))
+        _write_jpeg(patch, path)
+    response = FileResponse(path.open("rb"), content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def _write_jpeg(picture, path: Path) -> None:
+    """A file of this request's own, then an atomic rename: concurrent requests for the
+    same image never see, or write into, half a JPEG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
+        picture.save(tmp, "JPEG", quality=85)
+    Path(tmp.name).replace(path)
 
 
 def _preview_path(image: Image) -> Path:

@@ -22,6 +22,11 @@ urlpatterns = [
     path("tasks/<int:task_id>/decide/", views.task_decide, name="task-decide"),
     path("tasks/<int:task_id>/retry/", views.task_retry, name="task-retry"),
     path("tasks/<int:task_id>/preview.jpg", views.task_preview, name="task-preview"),
+    path(
+        "drafts/<int:draft_id>/regions/<int:index>.jpg",
+        views.draft_region,
+        name="draft-region",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

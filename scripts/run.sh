@@ -6,6 +6,10 @@ PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 mkdir -p var/log
+if [[ -z ${MEDANNOT_MODEL:-} ]]; then
+  # The offline demo model writes random words: keep its drafts short and quick.
+  export MEDANNOT_MAX_NEW_TOKENS=${MEDANNOT_MAX_NEW_TOKENS:-96}
+fi
 pidfile=var/worker.pid
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "stopping the worker left by an earlier run"

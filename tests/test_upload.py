@@ -128,3 +128,35 @@ def test_uploading_again_restores_a_lost_file(
         response = upload(client, people.project, [sample_files["photo"].open("rb")])
     assert "duplicate" in response.content.decode()
     assert files_on_disk() == [stored]
+
+
+def test_a_reviewer_sees_the_patches_the_model_saw(
+    people, client_for, sample_files, django_capture_on_commit_callbacks
+):
+    from annotations.models import Draft
+    from inference.patches import PatchSettings, plan_patches
+
+    with django_capture_on_commit_callbacks(execute=False):
+        upload(client_for(people.researcher), people.project, [sample_files["slide"].open("rb")])
+    task = Task.objects.get()
+    path = Path(settings.MEDIA_ROOT) / task.image.file
+    plan = plan_patches(path, PatchSettings(patch_size=224, max_patches=2))
+    draft = Draft.objects.create(
+        task=task,
+        attempt=1,
+        text="t",
+        backend="b",
+        model_id="m",
+        prompt="p",
+        tokens_in=1,
+        tokens_out=1,
+        seconds=0,
+        regions=[r.as_dict() for r in plan.regions],
+    )
+    client = client_for(people.pathologist)
+    url = reverse("draft-region", args=[draft.pk, 0])
+    response = client.get(url)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    assert client.get(reverse("draft-region", args=[draft.pk, 9])).status_code == 404
+    assert client_for(people.other_pathologist).get(url).status_code == 404
+    assert client_for(None).get(url).status_code == 302

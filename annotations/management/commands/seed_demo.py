@@ -45,7 +45,14 @@ class Command(BaseCommand):
         sample_dir.mkdir(parents=True, exist_ok=True)
         demos = {
             ("Demo pathology", Modality.PATHOLOGY): [
-                samples.write_synthetic_slide(sample_dir / "demo-slide-generic.tiff", seed=1),
+                # Big enough for several patches at 1 µm per pixel.
+                samples.write_synthetic_slide(
+                    sample_dir / "demo-slide-generic.tiff",
+                    seed=1,
+                    width=6144,
+                    height=4096,
+                    mpp=0.5,
+                ),
                 samples.write_synthetic_slide(
                     sample_dir / "demo-slide-aperio.svs",
                     seed=2,
