@@ -127,17 +127,16 @@ class Image(models.Model):
     def __str__(self) -> str:
         return self.original_name
 
+    # The fields that inspection fills in (imaging.ImageInfo), stored as they are.
+    INFO_FIELDS = ("kind", "format", "width", "height", "levels", "mpp_x", "mpp_y")
+
     def info(self) -> imaging.ImageInfo:
         """What inspection found, for the imaging functions."""
-        return imaging.ImageInfo(
-            kind=self.kind,
-            format=self.format,
-            width=self.width,
-            height=self.height,
-            levels=self.levels,
-            mpp_x=self.mpp_x,
-            mpp_y=self.mpp_y,
-        )
+        return imaging.ImageInfo(**{name: getattr(self, name) for name in self.INFO_FIELDS})
+
+    @classmethod
+    def fields_from(cls, info: imaging.ImageInfo) -> dict:
+        return {name: getattr(info, name) for name in cls.INFO_FIELDS}
 
 
 class TaskState(models.TextChoices):

@@ -304,14 +304,8 @@ def _ingest_rows(
                     file=relpath,
                     original_name=name,
                     size_bytes=staged.size,
-                    kind=info.kind,
-                    format=info.format,
-                    width=info.width,
-                    height=info.height,
-                    levels=info.levels,
-                    mpp_x=info.mpp_x,
-                    mpp_y=info.mpp_y,
                     uploaded_by=uploaded_by,
+                    **Image.fields_from(info),
                 ),
             )
         task, created = Task.objects.get_or_create(

@@ -115,30 +115,11 @@ def sample_files(n: int) -> list[Path]:
 
 
 def start_worker(env: dict[str, str], batch_size: int, log: Path) -> subprocess.Popen:
-    from medannot.celery import app
+    from medannot.celery import app, worker_argv
 
     hostname = f"bench-{batch_size}-{os.getpid()}@localhost"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "medannot",
-            "worker",
-            "-Q",
-            "gpu",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            hostname,
-            "--loglevel",
-            "WARNING",
-        ],
+        worker_argv(hostname, loglevel="WARNING"),
         cwd=ROOT,
         env=os.environ | env | {"MEDANNOT_BATCH_SIZE": str(batch_size)},
         stdout=log.open("a"),

@@ -12,6 +12,17 @@ app = Celery("medannot")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+
+def worker_argv(hostname: str, *, queues: str = "gpu", loglevel: str = "INFO") -> list[str]:
+    """The command line of a drafting worker: one process, prefork so that a lost pool
+    process is noticed (reject_on_worker_lost), no gossip or mingle to wait for."""
+    return [
+        sys.executable, "-m", "celery", "-A", "medannot", "worker", "-Q", queues,
+        "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
+        "-n", hostname, "--loglevel", loglevel,
+    ]  # fmt: skip
+
+
 _CUDA_CHECK = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
 
 

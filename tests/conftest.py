@@ -7,7 +7,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -19,6 +18,7 @@ from django.test import Client
 
 from annotations import services
 from annotations.models import Modality, Role
+from medannot.celery import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,26 +141,7 @@ class Worker:
         )
         with log.open("a") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "medannot",
-                    "worker",
-                    "-Q",
-                    "gpu",
-                    "--pool",
-                    "prefork",
-                    "--concurrency",
-                    "1",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-n",
-                    self.hostname,
-                    "--loglevel",
-                    "INFO",
-                ],
+                worker_argv(self.hostname),
                 cwd=ROOT,
                 env=full_env,
                 stdout=out,

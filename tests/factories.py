@@ -30,14 +30,11 @@ def make_task(project, *, state: str = TaskState.NEW, image: Image | None = None
     return Task.objects.create(project=project, image=image or make_image(), state=state)
 
 
-def make_drafted_task(project, *, text: str = "Invasive ductal carcinoma, grade 2.") -> Task:
-    task = make_task(project, state=TaskState.QUEUED)
-    claimed = services.task_claim(task_id=task.pk)
-    services.draft_record(
-        task_id=task.pk,
-        attempt=claimed.attempt,
-        fields=dict(
-            text=text,
+def draft_fields(**overrides) -> dict:
+    """The fields of a stored draft, as a worker records them."""
+    return (
+        dict(
+            text="Invasive ductal carcinoma, grade 2.",
             backend="test",
             model_id="demo",
             model_revision="sha256:0",
@@ -46,10 +43,23 @@ def make_drafted_task(project, *, text: str = "Invasive ductal carcinoma, grade 
             tokens_in=10,
             tokens_out=5,
             seconds=0.1,
-        ),
+        )
+        | overrides
     )
+
+
+def record_draft(task: Task, *, text: str) -> Task:
+    """Queue (if new), claim and draft `task` as a worker would, without a model."""
+    if task.state == TaskState.NEW:
+        services.task_transition(task_id=task.pk, to=TaskState.QUEUED)
+    claimed = services.task_claim(task_id=task.pk)
+    services.draft_record(task_id=task.pk, attempt=claimed.attempt, fields=draft_fields(text=text))
     task.refresh_from_db()
     return task
+
+
+def make_drafted_task(project, *, text: str = "Invasive ductal carcinoma, grade 2.") -> Task:
+    return record_draft(make_task(project, state=TaskState.QUEUED), text=text)
 
 
 def latest_draft(task: Task) -> Draft:

@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 
 from annotations import services
-from annotations.models import Label, Modality, Role, TaskState
+from annotations.models import Label, Modality, Role
+from tests.factories import record_draft
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -44,22 +45,7 @@ def drafted(project, path, text):
     result = services.image_ingest(
         project=project, source=path, original_name=path.name, enqueue=False
     )
-    services.task_transition(task_id=result.task.pk, to=TaskState.QUEUED)
-    claimed = services.task_claim(task_id=result.task.pk)
-    services.draft_record(
-        task_id=claimed.pk,
-        attempt=claimed.attempt,
-        fields=dict(
-            text=text,
-            backend="transformers",
-            model_id="demo",
-            prompt="p",
-            tokens_in=10,
-            tokens_out=5,
-            seconds=0.1,
-        ),
-    )
-    return claimed
+    return record_draft(result.task, text=text)
 
 
 def test_a_pathologist_reviews_with_the_keyboard(

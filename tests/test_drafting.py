@@ -10,9 +10,9 @@ from django.core.management import call_command
 
 from annotations import services
 from annotations.models import Draft, Modality, Task, TaskState
-from inference.backends import BackendError
+from inference.backends import BackendError, DraftRequest, DraftResult
 from inference.backends.transformers import TransformersBackend
-from inference.services import DraftingLoop, drafts_run
+from inference.services import DraftingLoop, Job, drafts_run, job_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,17 +176,17 @@ def test_provenance_is_stored_with_every_draft(project, backend, tmp_path):
     assert draft.truncated == (draft.tokens_out == 24)
 
 
-def test_a_thinking_trace_is_stored_apart(project, backend, tmp_path):
-    from inference.backends import DraftResult
-    from inference.services import Job, job_record
-
+def claimed_job(project, tmp_path) -> tuple[Task, Job]:
+    """A task claimed by a worker, and its job, for recording a result by hand."""
     (task,) = queue(project, *photos(tmp_path, 1))
     claimed = services.task_claim(task_id=task.pk)
     job = Job(task_id=task.pk, attempt=claimed.attempt, claimed_at=0.0)
-    job.request = type("R", (), {"system": "", "instruction": "Describe."})()
-    result = DraftResult(
-        text="Benign naevus.",
-        thinking="thought: symmetric, regular network",
+    job.request = DraftRequest(images=[], instruction="Describe.")
+    return task, job
+
+
+def model_result(**fields) -> DraftResult:
+    defaults = dict(
         tokens_in=1,
         tokens_out=9,
         seconds=0.1,
@@ -195,29 +195,19 @@ def test_a_thinking_trace_is_stored_apart(project, backend, tmp_path):
         model_revision="r",
         backend="transformers",
     )
+    return DraftResult(**(defaults | fields))
+
+
+def test_a_thinking_trace_is_stored_apart(project, tmp_path):
+    _, job = claimed_job(project, tmp_path)
+    result = model_result(text="Benign naevus.", thinking="thought: symmetric, regular network")
     draft = job_record(job, result)
     assert (draft.text, draft.thinking) == ("Benign naevus.", "thought: symmetric, regular network")
 
 
 def test_an_empty_draft_fails_the_task_visibly(project, tmp_path):
-    from inference.backends import DraftResult
-    from inference.services import Job, job_record
-
-    (task,) = queue(project, *photos(tmp_path, 1))
-    claimed = services.task_claim(task_id=task.pk)
-    job = Job(task_id=task.pk, attempt=claimed.attempt, claimed_at=0.0)
-    result = DraftResult(
-        text="  ",
-        thinking="thought: ...",
-        tokens_in=1,
-        tokens_out=9,
-        seconds=0.1,
-        prompt="p",
-        model_id="m",
-        model_revision="r",
-        backend="transformers",
-        truncated=True,
-    )
+    task, job = claimed_job(project, tmp_path)
+    result = model_result(text="  ", thinking="thought: ...", truncated=True)
     assert job_record(job, result) is None
     task.refresh_from_db()
     assert task.state == "failed" and "empty draft" in task.error

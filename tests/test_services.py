@@ -6,7 +6,7 @@ from django.db.utils import DatabaseError
 
 from annotations import services
 from annotations.models import AuditEvent, Draft, Label, Task, TaskState
-from tests.factories import make_drafted_task, make_task
+from tests.factories import draft_fields, make_drafted_task, make_task
 
 
 def test_it_claims_a_queued_task_once(people):
@@ -34,9 +34,7 @@ def test_it_drops_a_draft_whose_claim_was_lost(people):
     draft = services.draft_record(
         task_id=task.pk,
         attempt=claimed.attempt,
-        fields=dict(
-            text="x", backend="t", model_id="m", prompt="p", tokens_in=1, tokens_out=1, seconds=0.0
-        ),
+        fields=draft_fields(text="x"),
     )
     assert draft is None
     task.refresh_from_db()
@@ -46,17 +44,7 @@ def test_it_drops_a_draft_whose_claim_was_lost(people):
 def test_the_database_refuses_two_drafts_for_one_attempt(people):
     task = make_drafted_task(people.project)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Draft.objects.create(
-            task=task,
-            attempt=task.attempt,
-            text="again",
-            backend="t",
-            model_id="m",
-            prompt="p",
-            tokens_in=1,
-            tokens_out=1,
-            seconds=0,
-        )
+        Draft.objects.create(task=task, attempt=task.attempt, **draft_fields(text="again"))
 
 
 def test_it_records_accept_edit_and_reject(people):
@@ -225,15 +213,7 @@ def test_the_sweep_puts_back_tasks_whose_worker_was_lost(
         services.draft_record(
             task_id=lost.pk,
             attempt=claimed.attempt,
-            fields=dict(
-                text="late",
-                backend="t",
-                model_id="m",
-                prompt="p",
-                tokens_in=1,
-                tokens_out=1,
-                seconds=0,
-            ),
+            fields=draft_fields(text="late"),
         )
         is None
     )

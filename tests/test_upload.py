@@ -135,24 +135,15 @@ def test_a_reviewer_sees_the_patches_the_model_saw(
 ):
     from annotations.models import Draft
     from inference.patches import PatchSettings, plan_patches
+    from tests.factories import draft_fields
 
     with django_capture_on_commit_callbacks(execute=False):
         upload(client_for(people.researcher), people.project, [sample_files["slide"].open("rb")])
     task = Task.objects.get()
     path = Path(settings.MEDIA_ROOT) / task.image.file
     plan = plan_patches(path, PatchSettings(patch_size=224, max_patches=2))
-    draft = Draft.objects.create(
-        task=task,
-        attempt=1,
-        text="t",
-        backend="b",
-        model_id="m",
-        prompt="p",
-        tokens_in=1,
-        tokens_out=1,
-        seconds=0,
-        regions=[r.as_dict() for r in plan.regions],
-    )
+    regions = [r.as_dict() for r in plan.regions]
+    draft = Draft.objects.create(task=task, attempt=1, **draft_fields(regions=regions))
     client = client_for(people.pathologist)
     url = reverse("draft-region", args=[draft.pk, 0])
     response = client.get(url)
