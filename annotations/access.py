@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
 
-from annotations.models import Project, Role, Task
+from annotations.models import Draft, Project, Role, Task
 
 
 class Can(Enum):
@@ -78,3 +78,12 @@ def task_for_user(user: AbstractBaseUser, task_id: int, need: Can = Can.VIEW) ->
     if need not in capabilities(user, task.project):
         raise PermissionDenied(f"Your role in this project cannot {need.value}.")
     return task
+
+
+def draft_for_user(user: AbstractBaseUser, draft_id: int, need: Can = Can.VIEW) -> Draft:
+    """A draft, through its task: the same rules as `task_for_user`."""
+    draft = Draft.objects.select_related("task__image").filter(pk=draft_id).first()
+    if draft is None:
+        raise Http404("No such draft")
+    draft.task = task_for_user(user, draft.task_id, need)
+    return draft

@@ -4,6 +4,7 @@ read-only here: they change only through the app's services."""
 from django.contrib import admin
 
 from annotations.models import AuditEvent, Draft, Image, Label, Membership, Project, PromptTemplate
+from annotations.services import groups_ensure
 
 
 class MembershipInline(admin.TabularInline):
@@ -33,8 +34,6 @@ class ProjectAdmin(admin.ModelAdmin):
     def save_formset(self, request, form, formset, change):
         # Members get their role's group too, as with the services.
         super().save_formset(request, form, formset, change)
-        from annotations.services import groups_ensure
-
         groups = groups_ensure()
         for membership in form.instance.memberships.select_related("user"):
             membership.user.groups.add(groups[membership.role])

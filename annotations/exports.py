@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from annotations.models import Label, Project
-from inference.backends.base import AI_NOTICE
+from annotations.notice import AI_NOTICE
 
 
 def label_rows(project: Project) -> Iterator[dict[str, Any]]:

@@ -1,6 +1,7 @@
 from django import forms
 
 from annotations.models import Decision
+from annotations.prompts import validate_template
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -60,8 +61,6 @@ class ProjectSettingsForm(forms.Form):
     max_patches = forms.IntegerField(label="Patches per slide, at most", min_value=1, max_value=500)
 
     def clean(self):
-        from inference.prompts import validate_template
-
         data = super().clean()
         for name in ("system", "instruction"):
             try:

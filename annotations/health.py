@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from celery import current_app
 from django.core.cache import cache
 from django.db import connection
 
+from annotations.queues import GPU_QUEUE
+
 log = logging.getLogger(__name__)
 
-GPU_QUEUE = "gpu"
 _WORKERS_KEY = "health:gpu-workers"
 
 
@@ -40,10 +42,8 @@ def gpu_workers(*, fresh: bool = False) -> list[str]:
             cached = None
         if cached is not None:
             return cached
-    from medannot.celery import app
-
     try:
-        replies = app.control.inspect(timeout=1.0).active_queues() or {}
+        replies = current_app.control.inspect(timeout=1.0).active_queues() or {}
     except Exception:
         log.warning("could not ask Celery for its workers", exc_info=True)
         return []

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from annotations import imaging
+import imaging
 
 
 class Modality(models.TextChoices):
@@ -29,7 +29,7 @@ class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     modality = models.CharField(max_length=20, choices=Modality.choices)
     description = models.TextField(blank=True)
-    # Whole-slide patch selection (inference.patches.PatchSettings); empty means the defaults.
+    # Whole-slide patch selection (imaging.patches.PatchSettings); empty means the defaults.
     slide_settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(

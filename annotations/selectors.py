@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet
 
-from annotations.models import Project, Task, TaskState
+from annotations.models import Project, PromptTemplate, Task, TaskState
 
 
 def project_task_counts(project: Project) -> dict[str, int]:
@@ -34,3 +34,19 @@ def projects_with_counts(projects: QuerySet[Project]) -> QuerySet[Project]:
 def next_task_to_review(project: Project, *, after_id: int = 0) -> Task | None:
     tasks = project.tasks.filter(state=TaskState.DRAFTED).order_by("id")
     return tasks.filter(id__gt=after_id).first() or tasks.first()
+
+
+def prompt_versions(project: Project) -> QuerySet[PromptTemplate]:
+    return project.prompt_templates.select_related("created_by").order_by("-version")
+
+
+def task_review(task: Task, user) -> dict:
+    """What the review page shows of a task: its newest draft, this reviewer's label and the
+    other reviewers' labels."""
+    draft = task.drafts.select_related("prompt_template").order_by("-created_at", "-id").first()
+    return {
+        "draft": draft,
+        "n_drafts": task.drafts.count(),
+        "label": task.labels.filter(reviewer=user).select_related("draft").first(),
+        "other_labels": task.labels.exclude(reviewer=user).select_related("reviewer"),
+    }

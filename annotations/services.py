@@ -10,17 +10,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from annotations import imaging
+import imaging
 from annotations.models import (
     DECIDED_STATES,
     AuditEvent,
@@ -36,6 +36,9 @@ from annotations.models import (
     Task,
     TaskState,
 )
+from annotations.prompts import validate_template
+from annotations.queues import DRAFT_TASK, GPU_QUEUE
+from imaging.patches import PatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +156,6 @@ def prompt_template_save(
     *, project: Project, instruction: str, system: str = "", actor: AbstractBaseUser | None = None
 ) -> PromptTemplate:
     """Save a project's prompt as a new version; drafts keep the version they were made with."""
-    from inference.prompts import validate_template
-
     instruction, system = instruction.strip(), system.strip()
     if not instruction:
         raise ValueError("A prompt needs an instruction.")
@@ -184,8 +185,6 @@ def project_slide_settings_set(
     *, project: Project, values: dict, actor: AbstractBaseUser | None = None
 ) -> Project:
     """Validate and store a project's whole-slide patch settings."""
-    from inference.patches import PatchSettings
-
     merged = PatchSettings.from_dict(project.slide_settings | values).as_dict()  # ValueError
     if merged != project.slide_settings:
         with transaction.atomic():
@@ -326,15 +325,22 @@ def _ingest_rows(
         return IngestResult(name, "imported", "", task)
 
 
+def draft_send(task_id: int) -> None:
+    """Send the drafting message of a queued task, by name: the web never imports the worker."""
+    current_app.send_task(DRAFT_TASK, args=[task_id], queue=GPU_QUEUE)
+
+
+def _send_on_commit(task_id: int) -> None:
+    # robust: a broker hiccup after commit must not undo the change; the task stays queued
+    # and the sweep sends it again.
+    transaction.on_commit(lambda: draft_send(task_id), robust=True)
+
+
 def task_enqueue(*, task_id: int, actor: AbstractBaseUser | None = None, reason: str = "") -> Task:
     """Queue a task for drafting; the Celery message is sent once the transaction commits."""
-    from inference.tasks import draft_task  # the web process imports tasks, never torch
-
     with transaction.atomic():
         task = task_transition(task_id=task_id, to=S.QUEUED, actor=actor, reason=reason)
-        # robust: a broker hiccup after commit must not undo the upload; the task stays
-        # queued and is sent again by the sweep.
-        transaction.on_commit(partial(draft_task.delay, task.pk), robust=True)
+        _send_on_commit(task.pk)
     return task
 
 
@@ -474,8 +480,6 @@ def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
     Their late result, if the worker was only slow, is dropped by the attempt check, so a
     task still ends with exactly one draft.
     """
-    from inference.tasks import draft_task
-
     cutoff = timezone.now() - timedelta(seconds=lease_seconds)
     stuck = list(
         Task.objects.filter(state=S.DRAFTING, drafting_started_at__lt=cutoff).values_list(
@@ -492,7 +496,7 @@ def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
                     allowed_from=[S.DRAFTING],
                     reason=f"no draft after {lease_seconds} s: the worker was lost",
                 )
-                transaction.on_commit(partial(draft_task.delay, task_id), robust=True)
+                _send_on_commit(task_id)
             swept.append(task_id)
         except InvalidTransition:
             continue  # finished meanwhile
@@ -503,7 +507,7 @@ def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
     )
     for task_id in waiting[:1000]:
         try:
-            draft_task.delay(task_id)
+            draft_send(task_id)
         except Exception:
             log.warning("could not re-send the message of task %s", task_id, exc_info=True)
             break
@@ -524,14 +528,12 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
 
 def draft_release(*, task_id: int, attempt: int) -> None:
     """Give back a claimed task that will not be drafted now (its worker is stopping)."""
-    from inference.tasks import draft_task
-
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task_id)
         if task.state != S.DRAFTING or task.attempt != attempt:
             return
         task_transition(task_id=task_id, to=S.QUEUED, reason="released by a stopping worker")
-        transaction.on_commit(partial(draft_task.delay, task_id), robust=True)
+        _send_on_commit(task_id)
 
 
 def draft_fail(*, task_id: int, attempt: int, error: str) -> None:

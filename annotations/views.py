@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -16,20 +14,29 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from annotations import exports, health, imaging, selectors, services
-from annotations.access import Can, capabilities, project_for_user, projects_for_user, task_for_user
+import imaging
+from annotations import exports, health, previews, selectors, services
+from annotations.access import (
+    Can,
+    capabilities,
+    draft_for_user,
+    project_for_user,
+    projects_for_user,
+    task_for_user,
+)
 from annotations.forms import DecisionForm, ProjectSettingsForm, UploadForm
-from annotations.models import Draft, Image, TaskState
+from annotations.models import TaskState
+from annotations.prompts import DEFAULTS
+from imaging.patches import PatchSettings
 
 PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
 TASKS_PER_PAGE = 100
-REGION_THUMBNAIL = 320
 
 
 @require_GET
@@ -134,8 +141,6 @@ def task_retry(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
     """An admin edits the prompt (a new version each time) and the slide patch settings."""
-    from inference.patches import PatchSettings
-    from inference.prompts import DEFAULTS
 
     project = project_for_user(request.user, project_id, Can.MANAGE)
     current = project.current_prompt()
@@ -167,7 +172,7 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
         slide = {k: data[k] for k in ("target_mpp", "patch_size", "max_patches")}
         services.project_slide_settings_set(project=project, values=slide, actor=request.user)
         return redirect("project-settings", project_id=project.pk)
-    versions = project.prompt_templates.select_related("created_by").order_by("-version")
+    versions = selectors.prompt_versions(project)
     return render(
         request,
         "annotations/project_settings.html",
@@ -246,8 +251,8 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
 
 
 def _review_context(request: HttpRequest, task, form: DecisionForm | None = None) -> dict:
-    draft = task.drafts.select_related("prompt_template").order_by("-created_at", "-id").first()
-    label = task.labels.filter(reviewer=request.user).select_related("draft").first()
+    review = selectors.task_review(task, request.user)
+    draft, label = review["draft"], review["label"]
     if form is None and draft is not None:
         form = DecisionForm(
             initial={
@@ -256,13 +261,10 @@ def _review_context(request: HttpRequest, task, form: DecisionForm | None = None
             }
         )
     return {
+        **review,
         "task": task,
         "project": task.project,
         "image": task.image,
-        "draft": draft,
-        "n_drafts": task.drafts.count(),
-        "label": label,
-        "other_labels": task.labels.exclude(reviewer=request.user).select_related("reviewer"),
         "form": form,
         "may": _may(request.user, task.project),
         "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),
@@ -280,56 +282,31 @@ def _may(user, project) -> dict[str, bool]:
 def task_preview(request: HttpRequest, task_id: int) -> HttpResponse:
     """A scaled JPEG of the task's image, rendered once and cached beside the media."""
     task = task_for_user(request.user, task_id)
-    path = _preview_path(task.image)
-    if not path.exists():
-        try:
-            picture = imaging.render_preview(
-                Path(settings.MEDIA_ROOT) / task.image.file, task.image.info()
-            )
-        except imaging.ImageRejected:
-            return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
-        _write_jpeg(picture, path)
-    response = FileResponse(path.open("rb"), content_type="image/jpeg")
-    response["Cache-Control"] = "private, max-age=86400"
-    return response
+    try:
+        path = previews.preview_file(task.image)
+    except imaging.ImageRejected:
+        return HttpResponse("Preview unavailable", status=422, content_type="text/plain")
+    return _private_jpeg(path)
 
 
 @require_GET
 @login_required
 def draft_region(request: HttpRequest, draft_id: int, index: int) -> HttpResponse:
     """One of the slide patches a draft was made from, as the model saw it (scaled)."""
-    from inference.patches import PatchPlan, Region, read_patches
-
-    draft = get_object_or_404(Draft.objects.select_related("task"), pk=draft_id)
-    task = task_for_user(request.user, draft.task_id)  # access through the task
+    draft = draft_for_user(request.user, draft_id)
     if not 0 <= index < len(draft.regions):
         raise Http404("No such region")
-    path = Path(settings.MEDIA_ROOT) / "previews" / "regions" / f"{draft.pk}-{index}.jpg"
-    if not path.exists():
-        region = Region(**draft.regions[index])
-        plan = PatchPlan([region], level=region.level, mpp=region.mpp, note="")
-        try:
-            (patch,) = read_patches(Path(settings.MEDIA_ROOT) / task.image.file, plan)
-        except (imaging.ImageRejected, ValueError):
-            return HttpResponse("Region unavailable", status=422, content_type="text/plain")
-        patch.thumbnail((REGION_THUMBNAIL, REGION_THUMBNAIL))
-        _write_jpeg(patch, path)
+    try:
+        path = previews.region_file(draft, index)
+    except (imaging.ImageRejected, ValueError):
+        return HttpResponse("Region unavailable", status=422, content_type="text/plain")
+    return _private_jpeg(path)
+
+
+def _private_jpeg(path: Path) -> FileResponse:
     response = FileResponse(path.open("rb"), content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=86400"
     return response
-
-
-def _write_jpeg(picture, path: Path) -> None:
-    """A file of this request's own, then an atomic rename: concurrent requests for the
-    same image never see, or write into, half a JPEG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
-        picture.save(tmp, "JPEG", quality=85)
-    Path(tmp.name).replace(path)
-
-
-def _preview_path(image: Image) -> Path:
-    return Path(settings.MEDIA_ROOT) / "previews" / image.sha256[:2] / f"{image.sha256}.jpg"
 
 
 @require_GET

@@ -98,7 +98,7 @@ def setup_environment(args) -> dict[str, str]:
 
 
 def sample_files(n: int) -> list[Path]:
-    from annotations import samples
+    from imaging import samples
 
     folder = Path(tempfile.mkdtemp(prefix="medannot-bench-samples-"))
     files = []

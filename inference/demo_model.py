@@ -27,13 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from inference.backends.base import THOUGHT_END, THOUGHT_START
+
 # Gemma's special tokens, in the order of their ids here. <pad>=0, <eos>=1, <bos>=2 as in the
 # real Gemma vocabulary; the rest get small ids instead of Gemma's 105/106/255999/262144.
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
-# MedGemma 1.5 wraps its optional thinking trace in <unused94> ... <unused95>.
-THOUGHT_START, THOUGHT_END = "<unused94>", "<unused95>"
 SPECIAL_TOKENS: tuple[str, ...] = (
     PAD,
     EOS,

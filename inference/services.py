@@ -19,10 +19,12 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from annotations import imaging, services
+import imaging
+from annotations import services
 from annotations.models import Draft, PromptTemplate, Task
+from annotations.prompts import prompt_for
+from imaging import patches
 from inference.backends import BackendError, DraftRequest, DraftResult, get_backend
-from inference.prompts import prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ def job_prepare(task: Task, template: PromptTemplate | None) -> Job:
         image = task.image
         path = Path(settings.MEDIA_ROOT) / image.file
         if image.kind == "slide":
-            from inference import patches
-
             plan = patches.plan_patches(
                 path, patches.PatchSettings.from_dict(task.project.slide_settings)
             )

@@ -1,27 +1,33 @@
 """Celery tasks: thin; ids in, one service called."""
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 
+from annotations.queues import DRAFT_TASK, GPU_QUEUE, SWEEP_TASK
+from annotations.services import tasks_sweep_stuck
+from inference.services import drafts_run
+
+log = logging.getLogger(__name__)
+
 
 @shared_task(
-    name="inference.tasks.draft_task",
-    queue="gpu",
+    name=DRAFT_TASK,
+    queue=GPU_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
 )
 def draft_task(task_id: int) -> None:
     """Wake the drafting loop. The message names a task, but the loop drains the queue in
-    batches: a message whose task another batch already took has nothing left to do."""
-    from inference.services import drafts_run  # loads the model lazily, in the worker
-
+    batches: a message whose task another batch already took has nothing left to do.
+    The task id is logged, so one task can be followed from upload to draft."""
+    log.info("draft message for task %s", task_id)
     drafts_run()
 
 
-@shared_task(name="inference.tasks.sweep_task", ignore_result=True)
+@shared_task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> None:
     """Put back tasks whose drafting worker was lost (celery beat runs this every minute)."""
-    from annotations.services import tasks_sweep_stuck
-
     tasks_sweep_stuck(lease_seconds=settings.MEDANNOT_DRAFT_LEASE_SECONDS)

@@ -6,6 +6,8 @@ import sys
 
 from celery import Celery, signals
 
+from annotations.queues import GPU_QUEUE
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medannot.settings")
 
 app = Celery("medannot")
@@ -13,7 +15,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-def worker_argv(hostname: str, *, queues: str = "gpu", loglevel: str = "INFO") -> list[str]:
+def worker_argv(hostname: str, *, queues: str = GPU_QUEUE, loglevel: str = "INFO") -> list[str]:
     """The command line of a drafting worker: one process, prefork so that a lost pool
     process is noticed (reject_on_worker_lost), no gossip or mingle to wait for."""
     return [

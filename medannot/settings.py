@@ -12,6 +12,8 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from annotations.queues import DRAFT_TASK, GPU_QUEUE, SWEEP_TASK
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -223,7 +225,7 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_ROUTES = {"inference.tasks.draft_task": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {DRAFT_TASK: {"queue": GPU_QUEUE}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -236,7 +238,7 @@ MEDANNOT_DRAFT_LEASE_SECONDS = envint("MEDANNOT_DRAFT_LEASE_SECONDS", str(CELERY
 # Longer than the longest task, or Redis redelivers a task still being drafted.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stuck-drafts": {"task": "inference.tasks.sweep_task", "schedule": 60.0},
+    "sweep-stuck-drafts": {"task": SWEEP_TASK, "schedule": 60.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

@@ -94,7 +94,7 @@ def demo_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_files(tmp_path_factory) -> dict[str, Path]:
-    from annotations import samples
+    from imaging import samples
 
     d = tmp_path_factory.mktemp("samples")
     return {

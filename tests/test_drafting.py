@@ -48,7 +48,7 @@ def queue(project, *paths, metadata=None) -> list[Task]:
 
 
 def photos(tmp_path, n: int) -> list:
-    from annotations import samples
+    from imaging import samples
 
     return [samples.write_derm_photo(tmp_path / f"p{i}.jpg", seed=i) for i in range(n)]
 

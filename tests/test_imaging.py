@@ -14,8 +14,9 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, ImageFile
 
-from annotations import imaging, samples
-from annotations.imaging import ImageInfo, ImageRejected
+import imaging
+import imaging.pixels
+from imaging import ImageInfo, ImageRejected, samples
 
 SLIDE_SIZE = (1536, 1024)
 
@@ -402,8 +403,8 @@ def test_chunked_overview_matches_single_read(
     info = imaging.inspect_image(generic_slide)
     whole = np.asarray(imaging.render_preview(generic_slide, info, max_size=700), dtype=float)
     # pretend memory is tight: the level is then read in 256-px chunks
-    monkeypatch.setattr(imaging, "_OVERVIEW_CHUNK", 256)
-    monkeypatch.setattr(imaging, "_OVERVIEW_READ_PIXELS", 256 * 256)
+    monkeypatch.setattr(imaging.pixels, "_OVERVIEW_CHUNK", 256)
+    monkeypatch.setattr(imaging.pixels, "_OVERVIEW_READ_PIXELS", 256 * 256)
     chunked = np.asarray(imaging.render_preview(generic_slide, info, max_size=700), dtype=float)
     assert chunked.shape == whole.shape
     assert np.abs(chunked - whole).mean() < 2.0

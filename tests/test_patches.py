@@ -1,4 +1,4 @@
-"""Patch planning for MedGemma 1.5 whole-slide input (inference.patches)."""
+"""Patch planning for MedGemma 1.5 whole-slide input (imaging.patches)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, ImageDraw
 
-from annotations import samples
-from annotations.imaging import ImageRejected
-from inference import patches
-from inference.patches import (
+from imaging import ImageRejected, patches, samples
+from imaging.patches import (
     PatchPlan,
     PatchSettings,
     Region,

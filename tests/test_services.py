@@ -236,10 +236,8 @@ def test_the_sweep_resends_the_message_of_a_task_queued_long_ago(people, monkeyp
 
     from django.utils import timezone
 
-    from inference.tasks import draft_task
-
     sent = []
-    monkeypatch.setattr(draft_task, "delay", lambda task_id: sent.append(task_id))
+    monkeypatch.setattr(services, "draft_send", sent.append)
     old = make_task(people.project, state=TaskState.QUEUED)
     make_task(people.project, state=TaskState.QUEUED)  # queued just now: its message is on its way
     Task.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(hours=1))

@@ -134,7 +134,7 @@ def test_a_reviewer_sees_the_patches_the_model_saw(
     people, client_for, sample_files, django_capture_on_commit_callbacks
 ):
     from annotations.models import Draft
-    from inference.patches import PatchSettings, plan_patches
+    from imaging.patches import PatchSettings, plan_patches
     from tests.factories import draft_fields
 
     with django_capture_on_commit_callbacks(execute=False):

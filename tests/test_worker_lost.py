@@ -6,8 +6,9 @@ import time
 import pytest
 from django.db.models import Count
 
-from annotations import samples, services
+from annotations import services
 from annotations.models import Draft, Modality, Task, TaskState
+from imaging import samples
 from tests.conftest import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

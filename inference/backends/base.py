@@ -7,10 +7,8 @@ from typing import Any, Protocol
 
 from PIL import Image as PILImage
 
-AI_NOTICE = (
-    "AI-generated draft for research use only. Not a medical device; "
-    "not for diagnosis or patient care."
-)
+# MedGemma 1.5 may think aloud before answering: <unused94>trace<unused95>answer.
+THOUGHT_START, THOUGHT_END = "<unused94>", "<unused95>"
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,20 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from .base import BackendError, DraftRequest, DraftResult, validate_request
+from .base import (
+    THOUGHT_END,
+    THOUGHT_START,
+    BackendError,
+    DraftRequest,
+    DraftResult,
+    validate_request,
+)
 
 logger = logging.getLogger(__name__)
 
 # MedGemma 1.5 may open a thinking trace with <unused94> and close it with <unused95> before the
 # answer. vLLM keeps them in the text by default (they are not "special" tokens for
 # skip_special_tokens); other servers may strip them, and then there is nothing to split on.
-THOUGHT_START = "<unused94>"
-THOUGHT_END = "<unused95>"
 # Only seen when a server is asked not to skip special tokens: never part of a draft.
 _TRAILING_CONTROL = ("<end_of_turn>", "<eos>")
 

@@ -21,12 +21,17 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from inference.demo_model import quiet_progress_bars
 
-from .base import BackendError, DraftRequest, DraftResult, validate_request
+from .base import (
+    THOUGHT_END,
+    THOUGHT_START,
+    BackendError,
+    DraftRequest,
+    DraftResult,
+    validate_request,
+)
 
 # MedGemma 1.5 may open a thinking trace with <unused94> and close it with <unused95> before the
 # answer. A draft is the answer only.
-THOUGHT_START = "<unused94>"
-THOUGHT_END = "<unused95>"
 
 ATTN_IMPLEMENTATION = "sdpa"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

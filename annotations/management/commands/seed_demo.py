@@ -7,8 +7,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from annotations import samples, services
+from annotations import services
 from annotations.models import Modality, Project, Role
+from imaging import samples
 
 USERS = [("admin", Role.ADMIN), ("pathologist", Role.PATHOLOGIST), ("researcher", Role.RESEARCHER)]
 

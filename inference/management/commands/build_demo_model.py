@@ -2,6 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
+from inference.demo_model import build_demo_model  # torch is imported when it builds
+
 
 class Command(BaseCommand):
     help = (
@@ -15,8 +17,6 @@ class Command(BaseCommand):
         parser.add_argument("--layers", type=int, default=None)
 
     def handle(self, *args, directory, force, hidden_size, layers, **options):
-        from inference.demo_model import build_demo_model  # torch only in this command
-
         out = Path(directory)
         if (out / "config.json").exists() and not force:
             self.stdout.write(f"demo model already at {out}")

@@ -40,7 +40,8 @@ import numpy as np
 import openslide
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from annotations.imaging import _SRGB, ImageRejected, _clean_error, _flatten
+from imaging.inspect import ImageRejected, clean_error
+from imaging.pixels import SRGB, flatten
 
 __all__ = [
     "PatchPlan",
@@ -201,14 +202,14 @@ def _open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
         ) from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise ImageRejected(
-            f"unreadable slide: it could not be opened ({_clean_error(exc, path)})"
+            f"unreadable slide: it could not be opened ({clean_error(exc, path)})"
         ) from exc
     try:
         with slide:
             yield slide
     except (openslide.OpenSlideError, UnidentifiedImageError, OSError) as exc:
         raise ImageRejected(
-            f"unreadable slide: its pixel data is damaged ({_clean_error(exc, path)})"
+            f"unreadable slide: its pixel data is damaged ({clean_error(exc, path)})"
         ) from exc
 
 
@@ -601,7 +602,7 @@ def _srgb_transform(slide: openslide.OpenSlide) -> ImageCms.ImageCmsTransform | 
     if profile is None:
         return None
     try:
-        return ImageCms.buildTransform(profile, _SRGB, "RGB", "RGB")
+        return ImageCms.buildTransform(profile, SRGB, "RGB", "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None  # a broken profile: untagged pixels are the best guess
 
@@ -610,7 +611,7 @@ def _to_rgb(region: Image.Image) -> Image.Image:
     """An OpenSlide RGBA region as RGB on white; skips compositing when fully opaque."""
     if region.getchannel("A").getextrema() == (255, 255):
         return region.convert("RGB")  # the common case inside the scan: ~4x faster
-    return _flatten(region, _WHITE)
+    return flatten(region, _WHITE)
 
 
 def _resize(img: Image.Image, size: int) -> Image.Image:

@@ -1,0 +1,53 @@
+"""Previews and slide-region thumbnails: rendered once, kept beside the media.
+
+The picture work is `imaging`'s; this module knows where the files live and writes each
+one through a private temporary file and a rename, so that concurrent requests for the
+same picture never see, or write into, half a JPEG.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from PIL import Image as PILImage
+
+from annotations.models import Draft, Image
+from imaging import patches, pixels
+
+REGION_THUMBNAIL = 320
+
+
+def _media() -> Path:
+    return Path(settings.MEDIA_ROOT)
+
+
+def preview_file(image: Image) -> Path:
+    """The preview of `image`, rendered on first use. Raises ImageRejected."""
+    path = _media() / "previews" / image.sha256[:2] / f"{image.sha256}.jpg"
+    if not path.exists():
+        _write_jpeg(pixels.render_preview(_media() / image.file, image.info()), path)
+    return path
+
+
+def region_file(draft: Draft, index: int) -> Path:
+    """Thumbnail of slide patch `index` of `draft`, as the model saw it (scaled).
+
+    Raises ImageRejected (unreadable slide) or ValueError (a plan that fits no slide).
+    """
+    path = _media() / "previews" / "regions" / f"{draft.pk}-{index}.jpg"
+    if not path.exists():
+        region = patches.Region(**draft.regions[index])
+        plan = patches.PatchPlan([region], level=region.level, mpp=region.mpp, note="")
+        (patch,) = patches.read_patches(_media() / draft.task.image.file, plan)
+        patch.thumbnail((REGION_THUMBNAIL, REGION_THUMBNAIL))
+        _write_jpeg(patch, path)
+    return path
+
+
+def _write_jpeg(picture: PILImage.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
+        picture.save(tmp, "JPEG", quality=85)
+    Path(tmp.name).replace(path)

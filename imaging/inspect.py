@@ -1,0 +1,293 @@
+"""What a file is, or why it is refused: identify by content and prove the pixels decode.
+
+No Django: the web process, the worker and the tests share this code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import openslide
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
+
+DEFAULT_MAX_PHOTO_PIXELS = 200_000_000
+
+# Formats Pillow may try on uploads; anything else (EPS, PSD, ICO...) is not an image to us.
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "JPEG2000")
+_PIL_FORMAT_NAMES = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",  # phone cameras' multi-picture JPEGs; frame 0 is the photo
+    "PNG": "png",
+    "WEBP": "webp",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+    "JPEG2000": "jp2",
+}
+_VENDOR_FORMATS = {
+    "aperio": "svs",
+    "hamamatsu": "ndpi",
+    "mirax": "mrxs",
+    "generic-tiff": "tiff",
+    "dicom": "dicom",
+    "philips": "tiff",
+    "ventana": "bif",
+    "leica": "scn",
+    "sakura": "svslide",
+    "zeiss": "czi",
+    "synthetic": "synthetic",
+}
+# Pillow raises a zoo of exception types on hostile input; all mean "cannot decode this".
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+)
+_SLIDE_VERIFY_PIXELS = 4096 * 4096  # read the whole lowest level when it is at most this big
+
+
+class ImageRejected(Exception):
+    """An upload that is not a usable image; ``str(exc)`` is safe to show to a user.
+
+    Messages never contain file contents or file names (the caller adds the
+    escaped name).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What inspection learned about a stored image."""
+
+    kind: str  # "slide" | "photo"
+    format: str  # lowercase: svs, ndpi, mrxs, tiff, dicom, jpeg, png, webp, bmp, jp2...
+    width: int  # level-0 width; for photos after EXIF orientation
+    height: int
+    levels: int
+    mpp_x: float | None  # microns per pixel at level 0, when the file records it
+    mpp_y: float | None
+    vendor: str = ""  # OpenSlide vendor for slides ("aperio", "generic-tiff"...)
+
+    @property
+    def is_slide(self) -> bool:
+        """True for whole-slide images read through OpenSlide."""
+        return self.kind == "slide"
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def inspect_image(path: Path, *, max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS) -> ImageInfo:
+    """Identify `path` by content and prove its pixels decode, or raise ImageRejected.
+
+    Whole-slide formats go through OpenSlide (a small region is force-read so corrupt
+    tile data is caught now, not at review time); everything else through Pillow with
+    truncation and decompression-bomb checks. The file suffix only matters where
+    OpenSlide itself needs it (MIRAX: .mrxs) and to tell Hamamatsu NDPI from VMS/VMU.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # a programming error elsewhere: truncated uploads would silently be accepted
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageRejected("not an image: the file could not be read") from exc
+    if size == 0:
+        raise ImageRejected("not an image: the file is empty")
+    with path.open("rb") as fh:
+        head = fh.read(132)
+
+    vendor = _detect_vendor(path)
+    if vendor is None and head[128:132] == b"DICM":
+        raise ImageRejected("DICOM files other than whole-slide images are not supported yet")
+    if vendor is not None:
+        info = _inspect_slide(path, vendor)
+        # a small single-level tiled TIFF is just a photo that happens to be tiled
+        small = _pixels(info) <= _photo_pixel_limit(max_photo_pixels)
+        if vendor == "generic-tiff" and info.levels == 1 and small:
+            with contextlib.suppress(ImageRejected):
+                return _inspect_photo(path, max_photo_pixels)
+        return info
+    return _inspect_photo(path, max_photo_pixels)
+
+
+def _pixels(info: ImageInfo) -> int:
+    return info.width * info.height
+
+
+def _detect_vendor(path: Path) -> str | None:
+    """OpenSlide's vendor for `path`, or None when it is no slide OpenSlide knows."""
+    try:
+        return openslide.OpenSlide.detect_format(path)
+    except (openslide.OpenSlideError, OSError, ValueError):
+        return None
+
+
+def clean_error(exc: BaseException, path: Path) -> str:
+    """An OpenSlide/Pillow error as short printable text with the file's path removed."""
+    text = str(exc) or type(exc).__name__
+    for needle in (str(path.resolve()), str(path), path.name):
+        if needle:
+            text = text.replace(needle, "the file")
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text[:200]
+
+
+def _parse_mpp(value: str | None) -> float | None:
+    """A positive, finite microns-per-pixel value, else None."""
+    try:
+        mpp = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return mpp if math.isfinite(mpp) and mpp > 0 else None
+
+
+def _slide_format(vendor: str, path: Path) -> str:
+    if vendor == "hamamatsu":
+        suffix = path.suffix.lower()
+        return suffix[1:] if suffix in (".vms", ".vmu") else "ndpi"
+    fmt = _VENDOR_FORMATS.get(vendor)
+    return fmt if fmt else re.sub(r"[^a-z0-9-]", "", vendor.lower())[:20] or "slide"
+
+
+def _inspect_slide(path: Path, vendor: str) -> ImageInfo:
+    stage = "it could not be opened"
+    try:
+        with openslide.OpenSlide(path) as slide:
+            width, height = slide.dimensions
+            if width <= 0 or height <= 0:
+                raise ImageRejected("unreadable slide: it has no pixels")
+            props = slide.properties
+            info = ImageInfo(
+                kind="slide",
+                format=_slide_format(vendor, path),
+                width=width,
+                height=height,
+                levels=slide.level_count,
+                mpp_x=_parse_mpp(props.get(openslide.PROPERTY_NAME_MPP_X)),
+                mpp_y=_parse_mpp(props.get(openslide.PROPERTY_NAME_MPP_Y)),
+                vendor=vendor,
+            )
+            stage = "its pixel data is damaged"
+            _verify_slide_pixels(slide)
+    except ImageRejected:
+        raise
+    except (openslide.OpenSlideError, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageRejected(f"unreadable slide: {stage} ({clean_error(exc, path)})") from exc
+    return info
+
+
+def _verify_slide_pixels(slide: openslide.OpenSlide) -> None:
+    """Decode the lowest level (or part of it) and a patch at the centre of level 0."""
+    low = slide.level_count - 1
+    lw, lh = slide.level_dimensions[low]
+    if lw * lh <= _SLIDE_VERIFY_PIXELS:
+        slide.read_region((0, 0), low, (lw, lh))
+    else:
+        ds = slide.level_downsamples[low]
+        cw, ch = min(lw, 1024), min(lh, 1024)
+        x, y = (lw - cw) // 2, (lh - ch) // 2
+        slide.read_region((int(x * ds), int(y * ds)), low, (cw, ch))
+    w, h = slide.dimensions
+    pw, ph = min(w, 256), min(h, 256)
+    slide.read_region(((w - pw) // 2, (h - ph) // 2), 0, (pw, ph))
+
+
+def _photo_pixel_limit(max_pixels: int) -> int:
+    """Our limit, or Pillow's own bomb-error threshold (2 x MAX_IMAGE_PIXELS) if lower."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pillow is None else min(max_pixels, 2 * pillow)
+
+
+def _too_large(limit: int) -> ImageRejected:
+    return ImageRejected(
+        f"image too large: photos may have at most {limit / 1e6:.0f} megapixels "
+        "(whole-slide images have no such limit)"
+    )
+
+
+def _inspect_photo(path: Path, max_pixels: int) -> ImageInfo:
+    try:
+        with Image.open(path, formats=PIL_FORMATS) as img:
+            fmt = img.format or ""
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageRejected("not an image: it has no pixels")
+            if fmt == "TIFF":
+                _check_tiff_structure(img)
+            if width * height > _photo_pixel_limit(max_pixels):
+                if fmt == "TIFF":
+                    # a big TIFF OpenSlide refused is almost always a damaged or odd slide
+                    raise ImageRejected(
+                        "unreadable slide: this large TIFF is damaged or in a slide layout "
+                        "that is not supported"
+                    )
+                raise _too_large(_photo_pixel_limit(max_pixels))
+            img.verify()  # checksums (PNG CRCs) before spending time on decoding
+        with Image.open(path, formats=PIL_FORMATS) as img:
+            img.load()  # decodes everything: truncation shows up here
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _too_large(_photo_pixel_limit(max_pixels)) from exc
+    except Image.DecompressionBombWarning as exc:  # only raised when warnings are errors
+        raise _too_large(min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(
+            "not an image: unrecognised content (supported: JPEG, PNG, WebP, TIFF, BMP, "
+            "JPEG 2000 and whole-slide formats such as SVS, NDPI, MRXS, DICOM)"
+        ) from exc
+    except DECODE_ERRORS as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageRejected(
+                "truncated image: the file ends before the image data is complete "
+                "(was the upload interrupted?)"
+            ) from exc
+        raise ImageRejected(
+            f"corrupt image: the pixel data could not be decoded ({clean_error(exc, path)})"
+        ) from exc
+    if orientation in (5, 6, 7, 8):  # these EXIF orientations rotate by 90°
+        width, height = height, width
+    return ImageInfo(
+        kind="photo",
+        format=_PIL_FORMAT_NAMES.get(fmt, fmt.lower()),
+        width=width,
+        height=height,
+        levels=1,
+        mpp_x=None,
+        mpp_y=None,
+    )
+
+
+def _check_tiff_structure(img: Image.Image) -> None:
+    """Reject slide-like TIFFs that OpenSlide could not read but Pillow half-can."""
+    description = str(getattr(img, "tag_v2", {}).get(270, ""))
+    if description.startswith("Aperio"):
+        raise ImageRejected(
+            "unreadable slide: it looks like an Aperio SVS slide but it is damaged or truncated"
+        )
+    try:
+        n_frames = getattr(img, "n_frames", 1)  # walks every IFD: a cut-off file fails here
+        img.seek(0)
+    except DECODE_ERRORS as exc:
+        raise ImageRejected(
+            "truncated image: the TIFF's page directory is damaged or incomplete"
+        ) from exc
+    if n_frames < 1:
+        raise ImageRejected("not an image: the TIFF has no pages")
