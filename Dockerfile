@@ -7,7 +7,9 @@ FROM python:3.11-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Production settings: DEBUG off (SECRET_KEY and ALLOWED_HOSTS come from the environment).
+ENV DEBUG=false \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -8,6 +8,9 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: run test install check-services migrate demo worker web lint vendor bench clean
 
+# DEBUG is off by default (production); the development targets turn it on unless it is set.
+run demo migrate check-services bench: export DEBUG ?= true
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -16,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Starts local PostgreSQL/Redis if they are installed but stopped; preflight says what is missing.
 check-services: install
+	@bash scripts/services.sh
 	@$(PY) -m medannot.preflight
 
 migrate: check-services

@@ -32,8 +32,8 @@ CAPABILITIES: dict[str, frozenset[Can]] = {
 
 
 def is_site_admin(user: AbstractBaseUser) -> bool:
-    """Superusers and members of the `admin` group administer every project."""
-    return user.is_active and (user.is_superuser or user.groups.filter(name=Role.ADMIN).exists())
+    """Only superusers act in every project; a role, admin included, is one project's."""
+    return bool(user.is_active and user.is_superuser)
 
 
 def role_in(user: AbstractBaseUser, project: Project) -> str | None:

@@ -4,7 +4,6 @@ read-only here: they change only through the app's services."""
 from django.contrib import admin
 
 from annotations.models import AuditEvent, Draft, Image, Label, Membership, Project, PromptTemplate
-from annotations.services import groups_ensure
 
 
 class MembershipInline(admin.TabularInline):
@@ -30,13 +29,6 @@ class ProjectAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     inlines = [MembershipInline]
     fields = ["name", "modality", "description", "slide_settings"]
-
-    def save_formset(self, request, form, formset, change):
-        # Members get their role's group too, as with the services.
-        super().save_formset(request, form, formset, change)
-        groups = groups_ensure()
-        for membership in form.instance.memberships.select_related("user"):
-            membership.user.groups.add(groups[membership.role])
 
 
 @admin.register(PromptTemplate)

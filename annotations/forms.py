@@ -1,7 +1,8 @@
 from django import forms
 
 from annotations.models import Decision
-from annotations.prompts import validate_template
+from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
+from imaging.patches import PATCH_SETTING_RANGES, PatchSettings
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -43,28 +44,50 @@ class DecisionForm(forms.Form):
         return data
 
 
+def _patch_field(name: str, label: str) -> forms.Field:
+    lo, hi = PATCH_SETTING_RANGES[name]
+    if isinstance(getattr(PatchSettings(), name), int):
+        return forms.IntegerField(label=label, min_value=int(lo), max_value=int(hi))
+    return forms.FloatField(label=label, min_value=lo, max_value=hi)
+
+
 class ProjectSettingsForm(forms.Form):
-    """A project's prompt (saved as a new version) and its whole-slide patch settings."""
+    """A project's prompt (saved as a new version) and its whole-slide patch settings.
+
+    The patch settings are judged by imaging.patches.PatchSettings, the code that uses them;
+    the field bounds come from the same ranges.
+    """
 
     system = forms.CharField(
         label="System text",
         required=False,
+        max_length=MAX_TEMPLATE_CHARS,
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Optional. Gemma puts it before the instruction in the first turn.",
     )
     instruction = forms.CharField(
+        max_length=MAX_TEMPLATE_CHARS,
         widget=forms.Textarea(attrs={"rows": 6}),
         help_text="Manifest fields can be filled in: {organ}, {procedure}, {site} ...",
     )
-    target_mpp = forms.FloatField(label="Patch resolution (µm per pixel)", min_value=0.1)
-    patch_size = forms.IntegerField(label="Patch size (pixels)", min_value=64, max_value=4096)
-    max_patches = forms.IntegerField(label="Patches per slide, at most", min_value=1, max_value=500)
+    target_mpp = _patch_field("target_mpp", "Patch resolution (µm per pixel)")
+    patch_size = _patch_field("patch_size", "Patch size (pixels)")
+    max_patches = _patch_field("max_patches", "Patches per slide, at most")
+
+    PATCH_FIELDS = ("target_mpp", "patch_size", "max_patches")
 
     def clean(self):
         data = super().clean()
         for name in ("system", "instruction"):
+            if name in data:
+                try:
+                    validate_template(data[name] or "")
+                except ValueError as exc:
+                    self.add_error(name, str(exc))
+        if all(name in data for name in self.PATCH_FIELDS):
             try:
-                validate_template(data.get(name) or "")
+                PatchSettings.from_dict({name: data[name] for name in self.PATCH_FIELDS})
             except ValueError as exc:
-                self.add_error(name, str(exc))
+                field = next((n for n in self.PATCH_FIELDS if n in str(exc)), None)
+                self.add_error(field, str(exc))
         return data

@@ -26,6 +26,7 @@ def database_ok() -> bool:
 
 
 def redis_ok() -> bool:
+    """A ping with the cache's short socket timeouts: answers within about a second."""
     try:
         return bool(cache._cache.get_client().ping())
     except Exception:
@@ -34,7 +35,10 @@ def redis_ok() -> bool:
 
 
 def gpu_workers(*, fresh: bool = False) -> list[str]:
-    """Names of the workers consuming the gpu queue; cached briefly (asking takes a second)."""
+    """Names of the workers consuming the gpu queue; cached briefly (asking takes a second).
+
+    Empty when Redis is down: Celery is never asked then (it would wait on the broker).
+    """
     if not fresh:
         try:
             cached = cache.get(_WORKERS_KEY)
@@ -42,6 +46,8 @@ def gpu_workers(*, fresh: bool = False) -> list[str]:
             cached = None
         if cached is not None:
             return cached
+    if not redis_ok():
+        return []
     try:
         replies = current_app.control.inspect(timeout=1.0).active_queues() or {}
     except Exception:

@@ -7,10 +7,12 @@ not in bad data. Task state changes go through `annotations.services`.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
 import imaging
+from imaging.patches import PatchSettings
 
 
 class Modality(models.TextChoices):
@@ -46,6 +48,13 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # The patch code is the one judge of slide settings: what it refuses, no form saves.
+        try:
+            PatchSettings.from_dict(self.slide_settings)
+        except ValueError as exc:
+            raise ValidationError({"slide_settings": str(exc)}) from None
 
     def current_prompt(self) -> PromptTemplate | None:
         """The newest prompt template, or None for the modality's default."""
@@ -161,6 +170,11 @@ class Task(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     # Bumped at each claim by a worker; drafts are keyed by it, so a redelivery cannot duplicate.
     attempt = models.PositiveIntegerField(default=0)
+    # Outbox: set with the move to queued, cleared once the broker took the drafting message;
+    # the sweep sends what is still pending (the broker was down).
+    message_pending = models.BooleanField(default=False)
+    # Times a claim ended without an outcome (worker lost, time limit, crash); see the sweep.
+    lost_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     drafting_started_at = models.DateTimeField(null=True, blank=True)

@@ -47,7 +47,9 @@ def region_file(draft: Draft, index: int) -> Path:
 
 
 def _write_jpeg(picture: PILImage.Image, path: Path) -> None:
+    # pixels and the sRGB profile only: a source's comment, EXIF, XMP or IPTC can name the patient
+    data = pixels.encode_jpeg(picture, quality=85)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
-        picture.save(tmp, "JPEG", quality=85)
+        tmp.write(data)
     Path(tmp.name).replace(path)

@@ -47,38 +47,75 @@ class Prompt:
     version: int  # 0: the modality's built-in default
 
 
-class _Fields(dict):
-    """Template fields: a missing one renders as 'not given' instead of failing the draft."""
+# A template is filled in by the web process and the worker: plain placeholders only, and
+# bounded sizes, so that neither `{organ:>50000000}` nor a long manifest value builds a huge prompt.
+MAX_PROMPT_CHARS = 8000  # rendered system + instruction together
+MAX_TEMPLATE_CHARS = 4000  # each template as saved
+MAX_FIELD_CHARS = 500  # each manifest value as filled in
+_PLAIN = "use plain placeholders such as {organ}"
+_MISSING = "not given"  # a field the task's manifest lacks must not fail the draft
 
-    def __missing__(self, key: str) -> str:
-        return "not given"
+
+def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    return list(string.Formatter().parse(template))  # ValueError if braces are unbalanced
 
 
 def template_fields(template: str) -> list[str]:
     """Names of the `{field}` placeholders in a template (raises ValueError if malformed)."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return [name for _, name, _, _ in _parse(template) if name]
 
 
 def validate_template(template: str) -> None:
-    """Raise ValueError if a template could not be rendered for every task."""
+    """Raise ValueError unless a template is short and uses only plain `{field}` placeholders.
+
+    Conversions (`{organ!r}`), format specs (`{organ:>9}`), attribute or index access
+    (`{organ.upper}`, `{organ[0]}`) and positional fields (`{}`, `{0}`) are refused.
+    """
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise ValueError(
+            f"the template is {len(template)} characters long; "
+            f"at most {MAX_TEMPLATE_CHARS} are allowed"
+        )
     try:
-        names = template_fields(template)
-        if any(not name.isidentifier() for name in names) or "" in [
-            n for _, n, _, _ in string.Formatter().parse(template) if n is not None
-        ]:
-            raise ValueError("use simple placeholders such as {organ}")
-        render(template, {})
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ValueError(f"the template cannot be filled in: {exc}") from None
+        parts = _parse(template)
+    except ValueError as exc:
+        raise ValueError(f"the template cannot be filled in: {exc}; {_PLAIN}") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "")
+            shown += (f":{spec}" if spec else "") + "}"
+            if len(shown) > 40:
+                shown = shown[:37] + "..."
+            raise ValueError(f"the template cannot be filled in: {_PLAIN}, not {shown}")
 
 
 def render(template: str, fields: Mapping[str, object]) -> str:
-    """Fill `{field}` placeholders from manifest fields; every value is sanitised."""
-    values = _Fields({k: sanitize(str(v)) for k, v in fields.items() if v not in (None, "")})
+    """Fill `{field}` placeholders from manifest fields; every value is sanitised and cut to
+    MAX_FIELD_CHARS, and the result to MAX_PROMPT_CHARS.
+
+    Only the field name of a placeholder is used (a spec or conversion saved before they were
+    refused is ignored); `{{` and `}}` are literal braces.
+    """
+    values = {
+        str(k): sanitize(str(v))[:MAX_FIELD_CHARS] for k, v in fields.items() if v not in (None, "")
+    }
     organ, site = values.get("organ"), values.get("site")
     values.setdefault("organ_clause", f" ({organ})" if organ else "")
     values.setdefault("site_clause", f" on the {site}" if site else "")
-    return sanitize(string.Formatter().vformat(template, (), values))
+    out: list[str] = []
+    size = 0
+    for literal, name, _, _ in _parse(template):
+        out.append(literal)
+        size += len(literal)
+        if name is not None:
+            value = values.get(name, _MISSING)
+            out.append(value)
+            size += len(value)
+        if size > MAX_PROMPT_CHARS:
+            break
+    return sanitize("".join(out)[:MAX_PROMPT_CHARS])
 
 
 def prompt_for(
@@ -91,8 +128,8 @@ def prompt_for(
         system, instruction = DEFAULTS.get(modality, DEFAULTS["other"])
         version = 0
     fields = fields or {}
-    return Prompt(
-        system=render(system, fields).strip(),
-        instruction=render(instruction, fields).strip(),
-        version=version,
-    )
+    system, instruction = render(system, fields).strip(), render(instruction, fields).strip()
+    # Together within MAX_PROMPT_CHARS; the instruction keeps at least half.
+    system = system[: MAX_PROMPT_CHARS - min(len(instruction), MAX_PROMPT_CHARS // 2)]
+    instruction = instruction[: MAX_PROMPT_CHARS - len(system)]
+    return Prompt(system=system, instruction=instruction, version=version)

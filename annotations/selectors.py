@@ -15,6 +15,11 @@ def project_task_counts(project: Project) -> dict[str, int]:
     return counts
 
 
+def project_tasks_waiting_for_broker(project: Project) -> int:
+    """Queued tasks whose drafting message the broker has not taken yet (it was down)."""
+    return project.tasks.filter(state=TaskState.QUEUED, message_pending=True).count()
+
+
 def project_tasks(project: Project, *, state: str | None = None) -> QuerySet[Task]:
     tasks = project.tasks.select_related("image").order_by("id")
     if state:

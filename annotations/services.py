@@ -15,9 +15,9 @@ from typing import IO, Any
 
 from celery import current_app
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 import imaging
@@ -101,11 +101,24 @@ def task_transition(
         if to not in TRANSITIONS[task.state] or (sources is not None and task.state not in sources):
             raise InvalidTransition(f"task {task.pk} cannot go from {task.state} to {to}")
         before = {"state": task.state}
+        if to == S.QUEUED:
+            task.message_pending = True  # the outbox: cleared once the broker has the message
+            if task.state != S.DRAFTING:
+                task.lost_attempts = 0  # queued by a person (retry, redraft): a fresh start
         task.state = to
         task.error = error if to == S.FAILED else ""
         if to == S.DRAFTING:
             task.drafting_started_at = timezone.now()
-        task.save(update_fields=["state", "error", "drafting_started_at", "updated_at"])
+        task.save(
+            update_fields=[
+                "state",
+                "error",
+                "drafting_started_at",
+                "message_pending",
+                "lost_attempts",
+                "updated_at",
+            ]
+        )
         after = {"state": to} | ({"error": error} if error else {})
         audit_record(
             action="task.state", actor=actor, task=task, before=before, after=after, reason=reason
@@ -114,11 +127,6 @@ def task_transition(
 
 
 # Projects and members --------------------------------------------------------------------
-
-
-def groups_ensure() -> dict[str, Group]:
-    """The three role groups; idempotent."""
-    return {role: Group.objects.get_or_create(name=role)[0] for role in Role.values}
 
 
 def project_create(
@@ -204,7 +212,7 @@ def project_slide_settings_set(
 def membership_set(
     *, project: Project, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
 ) -> Membership:
-    """Give `user` a role in `project` (and the matching group)."""
+    """Give `user` a role in `project`, and in no other: roles write no global groups."""
     if role not in Role.values:
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(Role.values)}")
     with transaction.atomic():
@@ -215,7 +223,6 @@ def membership_set(
         if not created and membership.role != role:
             membership.role = role
             membership.save(update_fields=["role"])
-        user.groups.add(groups_ensure()[role])
         if created or before != {"role": role}:
             audit_record(
                 action="membership.set",
@@ -325,14 +332,48 @@ def _ingest_rows(
         return IngestResult(name, "imported", "", task)
 
 
-def draft_send(task_id: int) -> None:
-    """Send the drafting message of a queued task, by name: the web never imports the worker."""
-    current_app.send_task(DRAFT_TASK, args=[task_id], queue=GPU_QUEUE)
+# One quick retry, then give up: with the broker down, the task stays pending in the outbox
+# and the sweep sends it later, instead of a web request hanging on the broker.
+SEND_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def draft_send(task_id: int) -> bool:
+    """Send the drafting message of a queued task, by name: the web never imports the worker.
+
+    Clears the task's pending mark on success. Never raises: a failed send is logged and the
+    task stays pending, for the sweep to send again once the broker is back.
+    """
+    try:
+        current_app.send_task(
+            DRAFT_TASK,
+            args=[task_id],
+            queue=GPU_QUEUE,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+            # No limits in the message: the worker's own settings rule (an explicit None
+            # clears the task's defaults that send_task would take from the sender's settings).
+            time_limit=None,
+            soft_time_limit=None,
+        )
+    except Exception:
+        log.warning(
+            "task %s: the message broker is unreachable; the sweep will send its message",
+            task_id,
+            exc_info=True,
+        )
+        return False
+    Task.objects.filter(pk=task_id, message_pending=True).update(message_pending=False)
+    return True
 
 
 def _send_on_commit(task_id: int) -> None:
-    # robust: a broker hiccup after commit must not undo the change; the task stays queued
-    # and the sweep sends it again.
+    # After commit: the worker must find the task queued. draft_send never raises; robust
+    # anyway, so that nothing after commit can undo the change.
     transaction.on_commit(lambda: draft_send(task_id), robust=True)
 
 
@@ -443,7 +484,9 @@ def tasks_claim(
 
     Rows locked by another worker's claim are skipped, not waited for, so several GPU
     workers share the queue without blocking each other. Each claim bumps the task's
-    attempt: a draft is stored only for the attempt that claimed it.
+    attempt: a draft is stored only for the attempt that claimed it. A task put back after
+    a lost attempt is claimed alone, so that a task that kills its worker cannot take its
+    batch-mates down with it again.
     """
     with transaction.atomic():
         queued = Task.objects.select_for_update(skip_locked=True).filter(state=S.QUEUED)
@@ -451,9 +494,13 @@ def tasks_claim(
             queued = queued.filter(project_id=project_id)
         if task_ids is not None:
             queued = queued.filter(pk__in=list(task_ids))
-        ids = list(queued.order_by("id").values_list("id", flat=True)[:limit])
-        if not ids:
+        rows = list(queued.order_by("id").values_list("id", "lost_attempts")[:limit])
+        if not rows:
             return []
+        if rows[0][1] > 0:
+            ids = [rows[0][0]]  # put back before: a batch of one
+        else:
+            ids = [task_id for task_id, lost in rows if lost == 0]
         now = timezone.now()
         Task.objects.filter(pk__in=ids).update(
             state=S.DRAFTING, attempt=F("attempt") + 1, drafting_started_at=now, updated_at=now
@@ -474,11 +521,32 @@ def tasks_claim(
         return tasks
 
 
-def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
-    """Put back tasks whose drafting worker died: drafting for longer than the lease.
+MAX_LOST_ATTEMPTS = 3
 
-    Their late result, if the worker was only slow, is dropped by the attempt check, so a
-    task still ends with exactly one draft.
+
+def _put_back(task: Task, *, reason: str) -> None:
+    """Queue a claimed task again after an attempt without an outcome, or fail it for good
+    after MAX_LOST_ATTEMPTS of them. Call inside a transaction, with the row locked."""
+    task.lost_attempts += 1
+    task.save(update_fields=["lost_attempts"])
+    if task.lost_attempts >= MAX_LOST_ATTEMPTS:
+        error = (
+            f"gave up after {task.lost_attempts} attempts: the worker was lost or timed out "
+            f"each time (last: {reason})"
+        )
+        task_transition(task_id=task.pk, to=S.FAILED, error=error, reason=reason)
+        return
+    task_transition(task_id=task.pk, to=S.QUEUED, reason=reason)
+    _send_on_commit(task.pk)
+
+
+def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
+    """Put back tasks whose drafting worker died: drafting for longer than the lease; and
+    send the messages that the broker did not take (it was down).
+
+    A late result of a put-back task, if the worker was only slow, is dropped by the attempt
+    check, so a task still ends with exactly one draft. A task lost MAX_LOST_ATTEMPTS times
+    fails, with the reason shown. Returns the ids put back or failed.
     """
     cutoff = timezone.now() - timedelta(seconds=lease_seconds)
     stuck = list(
@@ -488,30 +556,33 @@ def tasks_sweep_stuck(*, lease_seconds: int) -> list[int]:
     )
     swept = []
     for task_id in stuck:
-        try:
-            with transaction.atomic():
-                task_transition(
-                    task_id=task_id,
-                    to=S.QUEUED,
-                    allowed_from=[S.DRAFTING],
-                    reason=f"no draft after {lease_seconds} s: the worker was lost",
-                )
-                _send_on_commit(task_id)
-            swept.append(task_id)
-        except InvalidTransition:
-            continue  # finished meanwhile
-    # Queued long ago and never claimed: its message was lost (the broker was down when it
-    # was sent). Send another; a duplicate finds nothing to do.
-    waiting = Task.objects.filter(state=S.QUEUED, updated_at__lt=cutoff).values_list(
-        "id", flat=True
+        with transaction.atomic():
+            task = Task.objects.select_for_update().get(pk=task_id)
+            if task.state != S.DRAFTING or task.drafting_started_at >= cutoff:
+                continue  # finished or claimed again meanwhile
+            _put_back(task, reason=f"no draft after {lease_seconds} s: the worker was lost")
+        swept.append(task_id)
+    # The outbox: queued, but the broker never took the message (it was down). And queued
+    # long ago and never claimed: the message was lost. A duplicate finds nothing to do.
+    waiting = (
+        Task.objects.filter(state=S.QUEUED)
+        .filter(Q(message_pending=True) | Q(updated_at__lt=cutoff))
+        .order_by("id")
+        .values_list("id", flat=True)
     )
     for task_id in waiting[:1000]:
-        try:
-            draft_send(task_id)
-        except Exception:
-            log.warning("could not re-send the message of task %s", task_id, exc_info=True)
-            break
+        if not draft_send(task_id):
+            break  # the broker is still down: the next sweep tries again
     return swept
+
+
+def uploads_sweep_tmp(*, older_than_s: float) -> int:
+    """Delete temporary files of interrupted uploads (ours and Django's) older than
+    `older_than_s` from MEDIA_ROOT/tmp; returns how many."""
+    removed = imaging.sweep_tmp(Path(settings.MEDIA_ROOT), older_than_s=older_than_s)
+    if removed:
+        log.info("removed %s temporary upload file(s) older than %s s", removed, older_than_s)
+    return removed
 
 
 def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft | None:
@@ -526,11 +597,18 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
         return draft
 
 
-def draft_release(*, task_id: int, attempt: int) -> None:
-    """Give back a claimed task that will not be drafted now (its worker is stopping)."""
+def draft_release(*, task_id: int, attempt: int, lost: str = "") -> None:
+    """Give back a claimed task that will not be drafted now (its worker is stopping).
+
+    `lost`: why the attempt was cut short while the task was being drafted (an error, the
+    soft time limit); it then counts as a lost attempt, and the task fails after a few.
+    """
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task_id)
         if task.state != S.DRAFTING or task.attempt != attempt:
+            return
+        if lost:
+            _put_back(task, reason=f"drafting stopped: {lost}")
             return
         task_transition(task_id=task_id, to=S.QUEUED, reason="released by a stopping worker")
         _send_on_commit(task_id)

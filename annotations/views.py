@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 import imaging
-from annotations import exports, health, previews, selectors, services
+from annotations import exports, health, previews, selectors, services, uploads
 from annotations.access import (
     Can,
     capabilities,
@@ -60,6 +60,8 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         request.GET.get("page")
     )
     may = _may(request.user, project)
+    # Redis first, with a fast ping: with it down, asking Celery for workers would hang.
+    broker_up = health.redis_ok() if polling else True
     context = {
         "project": project,
         "may": may,
@@ -70,7 +72,9 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         "state": state,
         "state_counts": [(value, label, counts[value]) for value, label in TaskState.choices],
         "polling": polling,
-        "gpu_workers": health.gpu_workers() if polling else None,
+        "gpu_workers": health.gpu_workers() if polling and broker_up else None,
+        "broker_down": not broker_up,
+        "waiting_for_broker": selectors.project_tasks_waiting_for_broker(project) if polling else 0,
     }
     template = "annotations/project_detail.html"
     if request.htmx and request.htmx.target == "tasks":
@@ -82,9 +86,16 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for_user(request.user, project_id, Can.UPLOAD)
+    # Files the upload handler refused while streaming (too large, too many): listed with the rest.
+    refused = [
+        services.IngestResult(r.name, "rejected", r.message)
+        for r in uploads.upload_rejections(request)
+    ]
     results = []
     form = UploadForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+    if refused and not request.FILES:
+        form = UploadForm()  # every file was refused: the list says why, not "choose a file"
+    elif request.method == "POST" and form.is_valid():
         for upload in form.cleaned_data["files"]:
             source = (
                 upload.temporary_file_path() if hasattr(upload, "temporary_file_path") else upload
@@ -97,6 +108,7 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
                     uploaded_by=request.user,
                 )
             )
+    results += refused
     # 422 only when nothing of the upload could be kept.
     status = 422 if results and not any(r.ok for r in results) else 200
     return render(
@@ -108,6 +120,9 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
             "results": results,
             "n_ok": sum(r.ok for r in results),
             "n_rejected": sum(not r.ok for r in results),
+            "waiting_for_broker": selectors.project_tasks_waiting_for_broker(project)
+            if results
+            else 0,
         },
         status=status,
     )

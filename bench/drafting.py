@@ -64,6 +64,7 @@ def setup_environment(args) -> dict[str, str]:
         "MEDANNOT_MAX_NEW_TOKENS": str(args.max_new_tokens),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         "DJANGO_SETTINGS_MODULE": "medannot.settings",
+        "DEBUG": os.environ.get("DEBUG", "true"),  # development settings: no SECRET_KEY needed
         "LOG_LEVEL": "WARNING",
     }
     if not args.model:

@@ -54,6 +54,11 @@ DECODE_ERRORS = (
     ZeroDivisionError,
 )
 _SLIDE_VERIFY_PIXELS = 4096 * 4096  # read the whole lowest level when it is at most this big
+# Budget, in pixels, for any read of a whole slide level (overview, preview, tissue mask).
+# Budget by pixels, not bytes: a 1 MB TIFF can declare 100,000 x 100,000 pixels.
+MAX_OVERVIEW_LEVEL_PIXELS = 8192 * 8192
+# Microns per pixel that microscopes produce; outside it a value is a photo's dpi, not a scan's.
+PLAUSIBLE_MPP = (0.05, 20.0)
 
 
 class ImageRejected(Exception):
@@ -115,12 +120,13 @@ def inspect_image(path: Path, *, max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXEL
     if vendor is None and head[128:132] == b"DICM":
         raise ImageRejected("DICOM files other than whole-slide images are not supported yet")
     if vendor is not None:
-        info = _inspect_slide(path, vendor)
+        info, coarsest = _inspect_slide(path, vendor)
         # a small single-level tiled TIFF is just a photo that happens to be tiled
         small = _pixels(info) <= _photo_pixel_limit(max_photo_pixels)
         if vendor == "generic-tiff" and info.levels == 1 and small:
             with contextlib.suppress(ImageRejected):
                 return _inspect_photo(path, max_photo_pixels)
+        check_level_budget(coarsest)  # no preview or tissue mask could be made from it
         return info
     return _inspect_photo(path, max_photo_pixels)
 
@@ -148,13 +154,34 @@ def clean_error(exc: BaseException, path: Path) -> str:
     return text[:200]
 
 
-def _parse_mpp(value: str | None) -> float | None:
-    """A positive, finite microns-per-pixel value, else None."""
+def plausible_mpp(value: str | float | None) -> float | None:
+    """Microns per pixel as a float when a microscope could have produced it, else None.
+
+    Values outside 0.05..20 µm/px are not a scan's: OpenSlide reports a plain 72-dpi
+    TIFF as 352.8 µm/px. Unparsable, infinite and non-positive values are None too.
+    """
     try:
         mpp = float(value) if value is not None else math.nan
-    except ValueError:
+    except (TypeError, ValueError):
         return None
-    return mpp if math.isfinite(mpp) and mpp > 0 else None
+    lo, hi = PLAUSIBLE_MPP
+    return mpp if math.isfinite(mpp) and lo <= mpp <= hi else None
+
+
+def no_overview_level(width: int, height: int) -> ImageRejected:
+    """The rejection of a slide whose smallest level is too big to read whole."""
+    return ImageRejected(
+        "unreadable slide: it has no low-resolution level (its smallest level is "
+        f"{width} × {height} pixels); save it as a pyramid (for example with "
+        "`vips tiffsave --tile --pyramid`)"
+    )
+
+
+def check_level_budget(size: tuple[int, int]) -> None:
+    """Raise ImageRejected when a level of `size` (w, h) is too big to read whole."""
+    width, height = size
+    if width * height > MAX_OVERVIEW_LEVEL_PIXELS:
+        raise no_overview_level(width, height)
 
 
 def _slide_format(vendor: str, path: Path) -> str:
@@ -165,7 +192,8 @@ def _slide_format(vendor: str, path: Path) -> str:
     return fmt if fmt else re.sub(r"[^a-z0-9-]", "", vendor.lower())[:20] or "slide"
 
 
-def _inspect_slide(path: Path, vendor: str) -> ImageInfo:
+def _inspect_slide(path: Path, vendor: str) -> tuple[ImageInfo, tuple[int, int]]:
+    """The slide's ImageInfo and the size of its coarsest level; pixels proven to decode."""
     stage = "it could not be opened"
     try:
         with openslide.OpenSlide(path) as slide:
@@ -179,17 +207,18 @@ def _inspect_slide(path: Path, vendor: str) -> ImageInfo:
                 width=width,
                 height=height,
                 levels=slide.level_count,
-                mpp_x=_parse_mpp(props.get(openslide.PROPERTY_NAME_MPP_X)),
-                mpp_y=_parse_mpp(props.get(openslide.PROPERTY_NAME_MPP_Y)),
+                mpp_x=plausible_mpp(props.get(openslide.PROPERTY_NAME_MPP_X)),
+                mpp_y=plausible_mpp(props.get(openslide.PROPERTY_NAME_MPP_Y)),
                 vendor=vendor,
             )
+            coarsest = slide.level_dimensions[-1]
             stage = "its pixel data is damaged"
             _verify_slide_pixels(slide)
     except ImageRejected:
         raise
     except (openslide.OpenSlideError, UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageRejected(f"unreadable slide: {stage} ({clean_error(exc, path)})") from exc
-    return info
+    return info, coarsest
 
 
 def _verify_slide_pixels(slide: openslide.OpenSlide) -> None:

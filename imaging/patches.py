@@ -40,7 +40,13 @@ import numpy as np
 import openslide
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from imaging.inspect import ImageRejected, clean_error
+from imaging.inspect import (
+    MAX_OVERVIEW_LEVEL_PIXELS,
+    ImageRejected,
+    check_level_budget,
+    clean_error,
+    plausible_mpp,
+)
 from imaging.pixels import SRGB, flatten
 
 __all__ = [
@@ -92,7 +98,8 @@ def _number(name: str, value: Any, *, integer: bool) -> int | float:
     return float(value)
 
 
-_RANGES: dict[str, tuple[float, float]] = {
+# Allowed ranges of each setting: forms take their bounds from here.
+PATCH_SETTING_RANGES: dict[str, tuple[float, float]] = {
     "target_mpp": (0.1, 100.0),
     "patch_size": (64, 4096),
     "max_patches": (1, 500),
@@ -114,7 +121,7 @@ class PatchSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = _number(f.name, getattr(self, f.name), integer=f.type in ("int", int))
-            lo, hi = _RANGES[f.name]
+            lo, hi = PATCH_SETTING_RANGES[f.name]
             # min_tissue 0 would admit patches of bare glass
             low_ok = value > lo if f.name == "min_tissue" else value >= lo
             if not (low_ok and value <= hi):
@@ -156,8 +163,8 @@ class Region:
     width: int  # level-0 extent
     height: int
     level: int  # pyramid level read
-    read_size: int  # pixels read at that level (square) before resizing
-    size: int  # output pixels (square) = patch_size
+    read_size: int  # pixels read at that level (square) before resizing; never < size
+    size: int  # output pixels (square): patch_size, or less for a slide smaller than a patch
     mpp: float | None  # output microns per pixel; None when the slide records none
     tissue: float  # tissue fraction of the patch, from the mask
 
@@ -233,14 +240,12 @@ def slide_bounds(slide: openslide.OpenSlide) -> tuple[int, int, int, int]:
 
 
 def _slide_mpp(slide: openslide.OpenSlide) -> float | None:
-    """Level-0 microns per pixel (mean of x and y), or None when the slide records none."""
+    """Level-0 microns per pixel (mean of x and y), or None when the slide records none
+    a microscope could have produced (``plausible_mpp``)."""
     values = []
     for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
-        try:
-            value = float(slide.properties.get(key, "nan"))
-        except ValueError:
-            continue
-        if math.isfinite(value) and value > 0:
+        value = plausible_mpp(slide.properties.get(key))
+        if value is not None:
             values.append(value)
     return sum(values) / len(values) if values else None
 
@@ -266,18 +271,23 @@ def _assumed_mpp(slide: openslide.OpenSlide) -> tuple[float, str]:
 def _read_view(
     slide: openslide.OpenSlide, bounds: tuple[int, int, int, int], max_side: int
 ) -> tuple[np.ndarray, float]:
-    """The bounds area as RGB uint8 with long side ≤ max_side, and its level-0 px per pixel."""
+    """The bounds area as RGB uint8 with long side ≤ max_side, and its level-0 px per pixel.
+
+    No level bigger than MAX_OVERVIEW_LEVEL_PIXELS is read: ImageRejected instead.
+    """
     bx, by, bw, bh = bounds
     long0 = max(bw, bh)
     for level, ds in enumerate(slide.level_downsamples):
-        if long0 / ds <= max_side:  # levels run from detailed to coarse: first fit is best
-            lw, lh = slide.level_dimensions[level]
+        lw, lh = slide.level_dimensions[level]
+        # levels run from detailed to coarse: the first that fits is best
+        if long0 / ds <= max_side and lw * lh <= MAX_OVERVIEW_LEVEL_PIXELS:
             size = (max(1, min(math.ceil(bw / ds), lw)), max(1, min(math.ceil(bh / ds), lh)))
             region = slide.read_region((bx, by), level, size)
             return np.asarray(_to_rgb(region)), ds
 
     # even the coarsest level is too big (few-level slide): read it in chunks and shrink
     level = slide.level_count - 1
+    check_level_budget(slide.level_dimensions[level])
     ds = slide.level_downsamples[level]
     out_ds = long0 / max_side
     out = Image.new("RGB", (max(1, round(bw / out_ds)), max(1, round(bh / out_ds))), _WHITE)
@@ -392,14 +402,31 @@ def tissue_mask(slide: openslide.OpenSlide, *, max_side: int = 2048) -> tuple[np
 def _choose_level(
     downsamples: tuple[float, ...], mpp0: float, target: float, patch_size: int
 ) -> tuple[int, int]:
-    """(level, read_size): the coarsest level at or finer than `target`, and pixels to read."""
+    """(level, read_size): the coarsest level at or finer than `target`, and pixels to read.
+
+    Patches are never upsampled: read_size is at least patch_size. A slide coarser than
+    the target is read at its finest level with read_size = patch_size (native pixels).
+    """
     mpps = [mpp0 * ds for ds in downsamples]
     fine_enough = [i for i, m in enumerate(mpps) if m <= target * _LEVEL_TOLERANCE]
     if fine_enough:
         level = max(fine_enough, key=lambda i: (mpps[i], -i))
     else:
-        level = min(range(len(mpps)), key=lambda i: (mpps[i], i))  # upsampled: say so in the note
-    return level, max(1, round(patch_size * target / mpps[level]))
+        level = min(range(len(mpps)), key=lambda i: (mpps[i], i))  # native: say so in the note
+    return level, max(patch_size, round(patch_size * target / mpps[level]))
+
+
+def _covering_patch(
+    downsamples: tuple[float, ...], long0: int, patch_size: int
+) -> tuple[int, int, int]:
+    """(level, read_size, size) of one patch covering a slide whose long side is `long0`.
+
+    Native pixels when the slide fits a patch (level 0, read_size = size = long0), else
+    shrunk to patch_size from the coarsest level that still has that many pixels.
+    """
+    size = max(1, min(long0, patch_size))
+    level = max(i for i, ds in enumerate(downsamples) if i == 0 or ds * size <= long0)
+    return level, max(size, math.ceil(long0 / downsamples[level])), size
 
 
 def _axis_starts(lo: int, hi: int, start_min: int, end_max: int, ext: int) -> np.ndarray:
@@ -479,12 +506,14 @@ def plan_patches(slide_path: Path, settings: PatchSettings | None = None) -> Pat
     Patches are `settings.patch_size` output pixels at about `settings.target_mpp`
     µm/px: read at the coarsest pyramid level whose µm/px is at or below the target
     (``read_size = round(patch_size * target_mpp / level_mpp)``, resized to
-    patch_size), on a non-overlapping level-0 grid centred on the tissue. Candidates
-    with tissue ≥ `min_tissue` and no marker pen are kept; beyond `max_patches` they
-    are spread evenly over the tissue. With no such candidate (a tiny biopsy) the best
-    few by tissue fraction are taken (at least one if there is any tissue); a slide
-    smaller than one patch gets one patch covering all of it; a slide without tissue
-    gets none (the note says so).
+    patch_size), on a non-overlapping level-0 grid centred on the tissue. Patches are
+    never upsampled: a slide coarser than the target is read at its native resolution
+    (level 0, read_size = patch_size, the note says so). Candidates with tissue ≥
+    `min_tissue` and no marker pen are kept; beyond `max_patches` they are spread
+    evenly over the tissue. With no such candidate (a tiny biopsy) the best few by
+    tissue fraction are taken (at least one if there is any tissue); a slide smaller
+    than one patch gets one patch covering all of it, of its native pixels (its long
+    side, at most patch_size); a slide without tissue gets none (the note says so).
 
     Without microns per pixel the slide is assumed to be a 40× scan (0.25 µm/px, or
     10 / objective power when recorded), so patches come from the level nearest 4×
@@ -508,21 +537,25 @@ def _plan(slide: openslide.OpenSlide, settings: PatchSettings) -> PatchPlan:
     else:
         guess = mpp0
     size = settings.patch_size
-    level, read_size = _choose_level(slide.level_downsamples, guess, settings.target_mpp, size)
-    level_ds = slide.level_downsamples[level]
-    ext = max(1, round(read_size * level_ds))  # level-0 extent of one patch
-    out_mpp = None if mpp0 is None else round(mpp0 * level_ds * read_size / size, 6)
-    if mpp0 is not None and mpp0 * level_ds > settings.target_mpp * _LEVEL_TOLERANCE:
-        notes.append(
-            f"the slide is coarser than the target ({mpp0 * level_ds:.3g} µm/px at best): "
-            "patches are upsampled"
-        )
-
+    downsamples = slide.level_downsamples
+    level, read_size = _choose_level(downsamples, guess, settings.target_mpp, size)
+    ext = max(1, round(read_size * downsamples[level]))  # level-0 extent of one patch
     bounds = slide_bounds(slide)
     bx, by, bw, bh = bounds
+    smaller = bw <= ext and bh <= ext
+    if smaller:  # one patch of native pixels (at most patch_size), never blown up to it
+        level, read_size, size = _covering_patch(downsamples, max(bw, bh), size)
+        ext = max(1, round(read_size * downsamples[level]))
+    level_ds = downsamples[level]
+    out_mpp = None if mpp0 is None else round(mpp0 * level_ds * read_size / size, 6)
+    if mpp0 is not None and mpp0 > settings.target_mpp * _LEVEL_TOLERANCE:
+        notes.append(
+            f"the slide is coarser than the target ({mpp0:.3g} µm/px): "
+            "read at its native resolution"
+        )
+
     tissue, pen, mask_ds = _masks(slide, bounds, settings.mask_level_max_side)
     rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
-    smaller = bw <= ext and bh <= ext
     if rows.size == 0 and not smaller:
         notes.append("no tissue detected: no patches")
         return PatchPlan(regions=[], level=level, mpp=out_mpp, note="; ".join(notes))

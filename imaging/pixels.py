@@ -15,7 +15,15 @@ import numpy as np
 import openslide
 from PIL import Image, ImageCms, ImageOps
 
-from imaging.inspect import DECODE_ERRORS, PIL_FORMATS, ImageInfo, ImageRejected, clean_error
+from imaging.inspect import (
+    DECODE_ERRORS,
+    MAX_OVERVIEW_LEVEL_PIXELS,
+    PIL_FORMATS,
+    ImageInfo,
+    ImageRejected,
+    clean_error,
+    no_overview_level,
+)
 
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _GREY_MODES = _HIGH_BIT_MODES | {"1", "L", "LA", "La"}
@@ -25,6 +33,7 @@ _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _NEUTRAL = (128, 128, 128)
 SRGB = ImageCms.createProfile("sRGB")
+_SRGB_ICC = ImageCms.ImageCmsProfile(SRGB).tobytes()
 
 
 # --------------------------------------------------------------------------- pixels
@@ -100,12 +109,26 @@ def flatten(region: Image.Image, background: tuple[int, int, int]) -> Image.Imag
     return out
 
 
+def overview_level(slide: openslide.OpenSlide, downsample: float) -> int:
+    """The level to read whole for a view at `downsample`: the best one for it, or the
+    first coarser one within MAX_OVERVIEW_LEVEL_PIXELS; ImageRejected when none is."""
+    best = slide.get_best_level_for_downsample(downsample)
+    for level in range(best, slide.level_count):
+        lw, lh = slide.level_dimensions[level]
+        if lw * lh <= MAX_OVERVIEW_LEVEL_PIXELS:
+            return level
+    raise no_overview_level(*slide.level_dimensions[-1])
+
+
 def _slide_overview(slide: openslide.OpenSlide, long_side: int) -> Image.Image:
-    """The whole slide at `long_side` px on its long side, sRGB RGB, from pyramid levels only."""
+    """The whole slide at `long_side` px on its long side, sRGB RGB, from pyramid levels only.
+
+    Never reads a level bigger than MAX_OVERVIEW_LEVEL_PIXELS (ImageRejected instead).
+    """
     w0, h0 = slide.dimensions
     scale = long_side / max(w0, h0)
     out_size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-    level = slide.get_best_level_for_downsample(1 / scale)
+    level = overview_level(slide, 1 / scale)
     lw, lh = slide.level_dimensions[level]
     ds = slide.level_downsamples[level]
     bg = _slide_background(slide)
@@ -127,6 +150,40 @@ def _slide_overview(slide: openslide.OpenSlide, long_side: int) -> Image.Image:
                 )
                 out.paste(part, (x0, y0))
     return _icc_to_srgb(out, slide.color_profile)
+
+
+def encode_jpeg(img: Image.Image, quality: int = 85) -> bytes:
+    """`img` as JPEG bytes holding pixels and the sRGB profile only.
+
+    Every picture we serve or export goes through here: a source's JPEG comment, EXIF,
+    XMP or IPTC (names, birth dates, GPS) must never travel with its pixels. The pixels
+    are copied into a fresh image, so no `info` of the source reaches the encoder.
+    """
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    clean = Image.new("RGB", img.size)
+    clean.paste(img)
+    buf = io.BytesIO()
+    clean.save(buf, "JPEG", quality=quality, icc_profile=_SRGB_ICC)
+    return buf.getvalue()
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """`img` as PNG bytes in its own mode with no text, EXIF or other metadata chunks.
+
+    Only what the pixels need survives (a palette and its transparency); RGB(A)
+    pictures carry the sRGB profile (they are sRGB here), others none.
+    """
+    clean = img.copy()
+    clean.info = {}
+    extra: dict[str, object] = {}
+    if "transparency" in img.info:
+        extra["transparency"] = img.info["transparency"]
+    if img.mode in ("RGB", "RGBA"):
+        extra["icc_profile"] = _SRGB_ICC
+    buf = io.BytesIO()
+    clean.save(buf, "PNG", **extra)
+    return buf.getvalue()
 
 
 def _icc_to_srgb(img: Image.Image, profile: ImageCms.ImageCmsProfile | bytes | None) -> Image.Image:

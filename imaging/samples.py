@@ -10,6 +10,9 @@ orientation.
 from __future__ import annotations
 
 import io
+import math
+import struct
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +25,7 @@ __all__ = [
     "MACRO_RGB",
     "write_corrupt_slide",
     "write_derm_photo",
+    "write_poison_tiff",
     "write_synthetic_slide",
     "write_truncated_jpeg",
     "write_xray_png",
@@ -358,4 +362,71 @@ def write_truncated_jpeg(path: Path, *, seed: int = 0) -> Path:
     )
     data = buf.getvalue()
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_poison_tiff(
+    path: Path, width: int = 100_000, height: int = 100_000, *, mpp: float | None = 0.25
+) -> Path:
+    """Write a tiled TIFF declaring `width` × `height` pixels in about a megabyte.
+
+    Every tile offset points at the same deflate-compressed 256² RGB tile, so OpenSlide
+    opens it as a single-level generic-tiff slide and reads any region of it: a picture
+    that is cheap to upload and ruinous to read whole. Written by hand (little-endian
+    classic TIFF, one IFD) because no writer produces such a file on purpose.
+    """
+    path = Path(path)
+    tile = 256
+    n_tiles = math.ceil(width / tile) * math.ceil(height / tile)
+    rng = np.random.default_rng(0)
+    pixels = np.clip(_EOSIN_RGB + rng.normal(0.0, 6.0, (tile, tile, 3)), 0, 255).astype(np.uint8)
+    data = zlib.compress(pixels.tobytes(), 9)
+
+    # layout: header, tile data, out-of-line tag values, the IFD last
+    blobs = bytearray()
+    offset_of: dict[str, int] = {}
+
+    def put(name: str, payload: bytes) -> None:
+        if (8 + len(blobs)) % 2:
+            blobs.append(0)  # TIFF values start on a word boundary
+        offset_of[name] = 8 + len(blobs)
+        blobs.extend(payload)
+
+    put("tile", data)
+    put("bits", struct.pack("<3H", 8, 8, 8))
+    put("offsets", struct.pack(f"<{n_tiles}I", *([offset_of["tile"]] * n_tiles)))
+    put("counts", struct.pack(f"<{n_tiles}I", *([len(data)] * n_tiles)))
+    short, long_, rational = 3, 4, 5
+    entries = [
+        (256, long_, 1, width),
+        (257, long_, 1, height),
+        (258, short, 3, offset_of["bits"]),
+        (259, short, 1, 8),  # deflate
+        (262, short, 1, 2),  # RGB
+        (277, short, 1, 3),
+        (284, short, 1, 1),  # chunky
+        (322, short, 1, tile),
+        (323, short, 1, tile),
+        (324, long_, n_tiles, offset_of["offsets"]),
+        (325, long_, n_tiles, offset_of["counts"]),
+    ]
+    if mpp is not None:
+        px_per_cm = round(1e4 / mpp)
+        put("res", struct.pack("<2I", px_per_cm, 1))
+        entries += [
+            (282, rational, 1, offset_of["res"]),
+            (283, rational, 1, offset_of["res"]),
+            (296, short, 1, 3),  # centimetre
+        ]
+    entries.sort()
+    if (8 + len(blobs)) % 2:
+        blobs.append(0)
+    ifd = bytearray(struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:
+        inline = struct.pack("<H", value) + b"\0\0" if kind == short and count == 1 else None
+        ifd += struct.pack("<HHI", tag, kind, count)
+        ifd += inline if inline is not None else struct.pack("<I", value)
+    ifd += struct.pack("<I", 0)  # no further IFD
+    header = b"II*\0" + struct.pack("<I", 8 + len(blobs))
+    path.write_bytes(header + bytes(blobs) + bytes(ifd))
     return path

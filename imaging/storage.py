@@ -271,13 +271,14 @@ def staged_upload(
 
 
 def sweep_tmp(media_root: Path, *, older_than_s: float = 24 * 3600) -> int:
-    """Delete staged files left in ``tmp/`` by a crashed process; return how many."""
+    """Delete files left in ``tmp/`` by a crashed process or an interrupted upload (ours and
+    the web server's upload temp files alike); return how many."""
     tmp_dir = Path(media_root) / TMP_DIR
     if not tmp_dir.is_dir():
         return 0
     cutoff = time.time() - older_than_s
     removed = 0
-    for entry in tmp_dir.glob("upload-*"):
+    for entry in tmp_dir.iterdir():
         with contextlib.suppress(FileNotFoundError):
             if entry.is_file() and entry.stat().st_mtime < cutoff:
                 entry.unlink()

@@ -289,7 +289,8 @@ def build_demo_model(
     projector = model.model.multi_modal_projector.mm_input_projection_weight
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        projector.copy_(torch.randn(projector.shape, generator=gen) * config.initializer_range)
+        noise = torch.randn(projector.shape, generator=gen, device="cpu")
+        projector.copy_(noise * config.initializer_range)
     # Random weights could open with <eos> (an empty draft, which the app rejects) or wander
     # into control tokens. Only this demo folder's generation config steers away from that:
     # no control tokens ever, and a first token that is visible text.

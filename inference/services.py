@@ -200,13 +200,10 @@ class DraftingLoop:
             connection.close()
 
     def _prepare_inputs(self, jobs: list[Job]):
-        prepare = getattr(self.backend, "prepare", None)
-        if prepare is None:
-            return None
         try:
-            return prepare([job.request for job in jobs])
+            return self.backend.prepare([job.request for job in jobs])
         except BackendError:
-            return None  # generate() will isolate the culprit one by one
+            return None  # _generate prepares again, narrowing down to the culprit
 
     def _record(self, results: queue.Queue) -> None:
         try:
@@ -226,13 +223,11 @@ class DraftingLoop:
 
     def _generate(self, jobs: list[Job], prepared=None) -> list[DraftResult | BackendError]:
         """Results for jobs, in order; a batch-level error is narrowed down to its jobs."""
-        requests = [job.request for job in jobs]
         started = time.perf_counter()
         try:
-            if prepared is not None:
-                results = self.backend.generate(prepared)
-            else:
-                results = self.backend.draft_many(requests)
+            if prepared is None:
+                prepared = self.backend.prepare([job.request for job in jobs])
+            results = self.backend.generate(prepared)
         except BackendError as exc:
             self.stats.generate_seconds += time.perf_counter() - started
             if len(jobs) == 1:
@@ -262,6 +257,7 @@ class DraftingLoop:
         preparer.start()
         recorder.start()
         unfinished: list[Job] = []  # claimed, not drafted: given back if the loop stops early
+        failure: BaseException | None = None
         try:
             while (item := batches.get())[0] != "done":
                 if item[0] == "failed":
@@ -273,8 +269,14 @@ class DraftingLoop:
                 ):
                     results.put((job, result))
                 unfinished = []
+        except BaseException as exc:  # an error, the soft time limit
+            failure = exc
+            raise
         finally:
             stop.set()
+            # The batch being drafted when the loop broke counts as a lost attempt: a task
+            # that breaks its worker each time then fails instead of coming back forever.
+            interrupted, unfinished = unfinished, []
             while preparer.is_alive():  # unblock a preparer waiting on a full queue
                 try:
                     item = batches.get(timeout=0.1)
@@ -286,6 +288,9 @@ class DraftingLoop:
             preparer.join()
             results.put(None)
             recorder.join()
+            lost = f"{type(failure).__name__}: {failure}"[:500] if failure else ""
+            for job in interrupted:
+                services.draft_release(task_id=job.task_id, attempt=job.attempt, lost=lost)
             for job in unfinished:
                 services.draft_release(task_id=job.task_id, attempt=job.attempt)
             self.stats.wall_seconds = time.perf_counter() - started

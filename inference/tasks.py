@@ -5,8 +5,8 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from annotations.queues import DRAFT_TASK, GPU_QUEUE, SWEEP_TASK
-from annotations.services import tasks_sweep_stuck
+from annotations.queues import DEFAULT_QUEUE, DRAFT_TASK, GPU_QUEUE, SWEEP_TASK, TMP_SWEEP_TASK
+from annotations.services import tasks_sweep_stuck, uploads_sweep_tmp
 from inference.services import drafts_run
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,14 @@ def draft_task(task_id: int) -> None:
     drafts_run()
 
 
-@shared_task(name=SWEEP_TASK, ignore_result=True)
+@shared_task(name=SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
 def sweep_task() -> None:
-    """Put back tasks whose drafting worker was lost (celery beat runs this every minute)."""
+    """Put back tasks whose drafting worker was lost and send the messages the broker missed
+    (celery beat runs this every minute, on the `celery` queue: a hung draft cannot stop it)."""
     tasks_sweep_stuck(lease_seconds=settings.MEDANNOT_DRAFT_LEASE_SECONDS)
+
+
+@shared_task(name=TMP_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
+def sweep_tmp_task() -> None:
+    """Delete the temporary files of interrupted uploads (celery beat, every hour)."""
+    uploads_sweep_tmp(older_than_s=settings.MEDANNOT_TMP_MAX_AGE_SECONDS)

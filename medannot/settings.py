@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from annotations.queues import DRAFT_TASK, GPU_QUEUE, SWEEP_TASK
+from annotations.queues import DEFAULT_QUEUE, DRAFT_TASK, GPU_QUEUE, SWEEP_TASK, TMP_SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,8 @@ def redis_url(url: str) -> str:
     return url
 
 
-DEBUG = envbool("DEBUG", "True")
+# Off unless asked for: `make run` and the tests turn it on; production never sees it.
+DEBUG = envbool("DEBUG", "False")
 SECRET_KEY = envstr("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
@@ -149,6 +150,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "medannot",
+        # Redis down must not hang a page: fail within a second.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
 
@@ -180,14 +183,35 @@ MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / "var" / "media"))).resolve
 
 # Uploads stream to disk: slides are gigabytes.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
-DATA_UPLOAD_MAX_NUMBER_FILES = envint("MEDANNOT_MAX_UPLOAD_FILES", "500")
+# Django's own upload temp files go where the sweep finds what an interrupted upload left
+# (created at startup by the annotations app).
+FILE_UPLOAD_TEMP_DIR = str(MEDIA_ROOT / "tmp")
+# Temporary upload files older than this are deleted by the hourly sweep.
+MEDANNOT_TMP_MAX_AGE_SECONDS = envint("MEDANNOT_TMP_MAX_AGE_SECONDS", str(24 * 3600))
+# Our handler counts the bytes that arrive and skips a file over a limit alone, with a message;
+# Django's own file-count check would refuse the whole request first, so it is off.
+FILE_UPLOAD_HANDLERS = ["annotations.uploads.LimitedUploadHandler"]
+DATA_UPLOAD_MAX_NUMBER_FILES = None
+MEDANNOT_MAX_UPLOAD_FILES = envint("MEDANNOT_MAX_UPLOAD_FILES", "500")
 MEDANNOT_MAX_FILE_BYTES = envint("MEDANNOT_MAX_FILE_BYTES", str(20 * 1024**3))
+MEDANNOT_MAX_UPLOAD_BYTES = envint("MEDANNOT_MAX_UPLOAD_BYTES", str(40 * 1024**3))
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# HTTPS: off by default, for a TLS-terminating proxy in front that redirects and sends HSTS
+# itself; set them here when gunicorn faces the browsers, or the proxy does not.
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False")
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "False")
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
+if envbool("MEDANNOT_BEHIND_TLS_PROXY", "False"):
+    # Only behind a proxy that sets this header itself, overwriting any a client sent.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Error pages, the debug one included, never show connection URLs and their passwords.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "medannot.debug.SecretsHiddenFilter"
 
 # Drafting. MEDANNOT_MODEL is a hub id (google/medgemma-1.5-4b-it) or a local folder;
 # the default is the offline demo model that `make run` builds.
@@ -225,20 +249,37 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_ROUTES = {DRAFT_TASK: {"queue": GPU_QUEUE}}
+CELERY_TASK_ROUTES = {
+    DRAFT_TASK: {"queue": GPU_QUEUE},
+    SWEEP_TASK: {"queue": DEFAULT_QUEUE},
+    TMP_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Applied by the worker from its own settings: the web sends messages without limits.
 CELERY_TASK_TIME_LIMIT = envint("MEDANNOT_TASK_TIME_LIMIT", "1800")
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+if CELERY_TASK_TIME_LIMIT < 2:
+    raise ImproperlyConfigured("MEDANNOT_TASK_TIME_LIMIT must be at least 2 (seconds)")
+# The soft limit lets a drafting loop give back its batch before the hard kill.
+CELERY_TASK_SOFT_TIME_LIMIT = (
+    CELERY_TASK_TIME_LIMIT - 60 if CELERY_TASK_TIME_LIMIT > 120 else CELERY_TASK_TIME_LIMIT // 2
+)
 # A drafting loop stops claiming new batches after this long, inside the time limit.
 MEDANNOT_LOOP_SECONDS = envint("MEDANNOT_LOOP_SECONDS", str(CELERY_TASK_TIME_LIMIT // 2))
 # A task drafting for longer than this is taken to have lost its worker and is put back.
 MEDANNOT_DRAFT_LEASE_SECONDS = envint("MEDANNOT_DRAFT_LEASE_SECONDS", str(CELERY_TASK_TIME_LIMIT))
 # Longer than the longest task, or Redis redelivers a task still being drafted.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+# Socket timeouts: with the broker down, sending fails fast and the task waits in the outbox.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT + 600,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-drafts": {"task": SWEEP_TASK, "schedule": 60.0},
+    "sweep-upload-tmp": {"task": TMP_SWEEP_TASK, "schedule": 3600.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

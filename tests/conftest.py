@@ -55,8 +55,10 @@ def people(db):
         pass
 
     p = People()
-    p.admin = _user("alice")  # admin of the site (group admin)
-    p.admin.groups.add(services.groups_ensure()[Role.ADMIN])
+    p.superuser = get_user_model().objects.create_superuser("sue", password="password")  # the site
+    p.project_admin = _user("alice")  # admin of `project` only
+    p.admin = p.project_admin  # the admin most tests mean: of `project`
+    p.other_admin = _user("adam")  # admin of `other_project` only: an admin of ANOTHER project
     p.pathologist = _user("paul")  # pathologist, member of `project`
     p.other_pathologist = _user("olga")  # pathologist of `other_project` only
     p.researcher = _user("rita")  # researcher, member of `project`: uploads
@@ -64,12 +66,16 @@ def people(db):
     p.project = services.project_create(
         name="Breast biopsies",
         modality=Modality.PATHOLOGY,
-        members=[(p.pathologist, Role.PATHOLOGIST), (p.researcher, Role.RESEARCHER)],
+        members=[
+            (p.project_admin, Role.ADMIN),
+            (p.pathologist, Role.PATHOLOGIST),
+            (p.researcher, Role.RESEARCHER),
+        ],
     )
     p.other_project = services.project_create(
         name="Melanoma photos",
         modality=Modality.DERMATOLOGY,
-        members=[(p.other_pathologist, Role.PATHOLOGIST)],
+        members=[(p.other_admin, Role.ADMIN), (p.other_pathologist, Role.PATHOLOGIST)],
     )
     return p
 
@@ -193,3 +199,40 @@ def celery_worker(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_f
     yield worker
     worker.stop()
     shutil.rmtree(media, ignore_errors=True)
+
+
+class Broker:
+    """Points the Celery app and the Django cache at a closed port (Redis down), and back."""
+
+    DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+    def __init__(self, settings) -> None:
+        from medannot.celery import app
+
+        self.app, self.settings = app, settings
+        self.url, self.caches = app.conf.broker_url, settings.CACHES
+
+    def _reset_pools(self) -> None:
+        # New pools for the new URL (kombu keeps one per URL: never close the shared one).
+        self.app._pool = None
+        self.app.amqp._producer_pool = None
+
+    def down(self) -> None:
+        self._reset_pools()
+        self.app.conf.broker_url = self.DOWN_URL
+        default = self.caches["default"]
+        self.settings.CACHES = {"default": default | {"LOCATION": self.DOWN_URL}}
+
+    def up(self) -> None:
+        self._reset_pools()
+        self.app.conf.broker_url = self.url
+        self.settings.CACHES = self.caches
+
+
+@pytest.fixture
+def broker_down(settings):
+    """Redis (broker and cache) unreachable for the test; `broker_down.up()` brings it back."""
+    broker = Broker(settings)
+    broker.down()
+    yield broker
+    broker.up()

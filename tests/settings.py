@@ -4,6 +4,9 @@ import os
 import tempfile
 
 os.environ.setdefault("REDIS_URL", "redis://localhost:6379/15")
+# Debug settings (a development SECRET_KEY); pytest-django still runs views with DEBUG off.
+# Set in os.environ, so processes the tests start with medannot.settings inherit it.
+os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="medannot-test-media-"))
 
 from medannot.settings import *  # noqa: E402,F403

@@ -273,3 +273,47 @@ def test_demo_model_module_imports_no_torch() -> None:
     """The web process may import the demo builder's module (management command) cheaply."""
     code = "import sys, inference.demo_model; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_bad_image_fills_its_own_slot_like_the_served_backend(
+    backend: TransformersBackend,
+) -> None:
+    """Both backends report a failed image the same way: a BackendError in its slot."""
+    bad = DraftRequest(images=[Image.new("RGB", (0, 0))], instruction=INSTRUCTION)
+    results = backend.draft_many([_request(), bad, _request()])
+    assert [type(r).__name__ for r in results] == ["DraftResult", "BackendError", "DraftResult"]
+    assert results[1].permanent
+    assert results[0].text == results[2].text == backend.draft(_request()).text
+
+
+def test_on_cuda_the_weights_load_straight_onto_the_gpu(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: the seam is torch's CUDA check; from_pretrained is asked for a device_map,
+    so accelerate places each weight on the GPU as it is read, never in host memory first."""
+    from transformers import AutoModelForImageTextToText
+
+    asked = {}
+
+    def from_pretrained(*args, **kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", from_pretrained)
+    with pytest.raises(RuntimeError, match="stop here"):
+        TransformersBackend(str(model_dir), device="cuda")
+    assert asked["device_map"] == {"": "cuda:0"} and asked["dtype"] == torch.bfloat16
+
+
+def test_a_device_map_load_gives_the_same_drafts(
+    model_dir: Path, backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device_map path (accelerate) loads the real weights: same greedy draft on the CPU."""
+    import inference.backends.transformers as module
+
+    monkeypatch.setattr(module, "model_placement", lambda device: {"device_map": {"": "cpu"}})
+    mapped = TransformersBackend(str(model_dir), device="cpu")
+    assert mapped.draft(_request()).text == backend.draft(_request()).text

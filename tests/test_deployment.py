@@ -253,6 +253,43 @@ def test_worker_gpu_keeps_the_model_cache_on_a_volume(compose: dict) -> None:
     assert "HF_TOKEN" in environment(service), "worker-gpu does not pass HF_TOKEN through"
 
 
+FALSE_VALUES = {"0", "false", "no", "off"}
+
+
+def test_project_services_run_production_settings(compose: dict) -> None:
+    services = compose["services"]
+    project = [n for n, s in services.items() if is_project_service(n, s, services)]
+    for name in project:
+        env = environment(services[name])
+        assert env.get("DEBUG", "").strip().lower() in FALSE_VALUES, f"{name}: DEBUG is not off"
+        # A key from the operator, never a default written here: `${SECRET_KEY:?...}` or a file.
+        key = env.get("SECRET_KEY", "")
+        assert re.fullmatch(r"\$\{SECRET_KEY:\?[^}]*\}", key) or env.get("SECRET_KEY_FILE"), (
+            f"{name}: SECRET_KEY={key!r} must come from the environment or SECRET_KEY_FILE"
+        )
+        assert env.get("ALLOWED_HOSTS", "").strip(), f"{name}: ALLOWED_HOSTS is not set"
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The variables the Dockerfile's ENV lines set (KEY=VALUE form, continued lines)."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        if line.split(maxsplit=1)[:1] == ["ENV"]:
+            words = shlex.split(line, comments=True)
+            env |= dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    return env
+
+
+def test_the_image_runs_production_settings() -> None:
+    env = dockerfile_env()
+    assert env.get("DEBUG", "").lower() in FALSE_VALUES, "the Dockerfile does not turn DEBUG off"
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(ENV|ARG)\b.*\bSECRET_KEY\b", text, re.M), (
+        "the image bakes in a SECRET_KEY: it must come from the environment at run time"
+    )
+
+
 # ---------------------------------------------------------------------------- static files
 
 
@@ -366,3 +403,45 @@ def test_templates_load_no_scripts_or_styles_from_a_cdn() -> None:
         "templates load from the network (closed hospital networks: vendor it into "
         "static/vendor/ with scripts/vendor_static.py):\n" + "\n".join(offenders)
     )
+
+
+def celery_queues(tokens: list[str]) -> set[str]:
+    values = option_values(tokens, "-Q", "--queues")
+    return {q.strip() for value in values for q in value.split(",")}
+
+
+def test_the_sweep_runs_apart_from_the_gpu_worker(compose: dict) -> None:
+    """Beat and the `celery` queue (the sweeps) must not wait behind a hung draft."""
+    services = compose["services"]
+    gpu = command_tokens(services["worker-gpu"])
+    assert celery_queues(gpu) == {"gpu"}, "worker-gpu must consume the gpu queue only"
+    assert option_values(gpu, "--concurrency", "-c") == ["1"]
+    assert "-B" not in gpu and "--beat" not in gpu and "beat" not in gpu[1:3]
+    beats = [
+        name
+        for name, service in services.items()
+        if (tokens := command_tokens(service))
+        and Path(tokens[0]).name == "celery"
+        and ("beat" in tokens or "-B" in tokens or "--beat" in tokens)
+    ]
+    assert beats and "worker-gpu" not in beats, f"no beat apart from worker-gpu: {beats}"
+    consumers = [
+        name
+        for name, service in services.items()
+        if (tokens := command_tokens(service))
+        and "worker" in tokens
+        and "celery" in celery_queues(tokens)
+    ]
+    assert consumers and "worker-gpu" not in consumers, "nothing consumes the `celery` queue"
+
+
+def test_make_run_starts_a_gpu_worker_and_a_separate_beat_worker() -> None:
+    script = (REPO / "scripts" / "workers.sh").read_text(encoding="utf-8")
+    starts = [line for line in script.replace("\\\n", " ").splitlines() if "worker_start " in line]
+    starts = [line for line in starts if "celery -A" in line]
+    gpu = [line for line in starts if "-Q gpu " in line]
+    other = [line for line in starts if "-Q celery " in line]
+    assert len(gpu) == 1 and "--concurrency 1" in gpu[0] and " -B" not in gpu[0]
+    assert len(other) == 1 and " -B" in other[0]
+    run = (REPO / "scripts" / "run.sh").read_text(encoding="utf-8")
+    assert "workers.sh" in run and "workers_start" in run and "workers_stop" in run

@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from PIL import Image
 
 from annotations import services
 from annotations.models import Draft, Modality, Task, TaskState
@@ -289,3 +290,37 @@ def test_a_loop_stopped_mid_batch_gives_its_claimed_tasks_back(project, backend,
     states = set(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("state", flat=True))
     assert states == {"queued"}  # the batch in hand and the one prepared ahead
     assert not Draft.objects.exists()
+
+
+class OnlyTheProtocol:
+    """A backend with exactly the methods the interface declares: prepare and generate."""
+
+    def __init__(self, backend):
+        self.inner = backend
+        self.name, self.model_id = backend.name, backend.model_id
+        self.model_revision = backend.model_revision
+
+    def prepare(self, requests):
+        return self.inner.prepare(requests)
+
+    def generate(self, prepared):
+        return self.inner.generate(prepared)
+
+
+def test_the_loop_needs_only_prepare_and_generate(project, backend, tmp_path, monkeypatch):
+    """A picture the model cannot take fails its own slot; the loop probes for nothing else."""
+    import inference.services as drafting
+
+    tasks = queue(project, *photos(tmp_path, 3))
+    real_prepare = drafting.job_prepare
+
+    def with_an_empty_picture(task, template):
+        job = real_prepare(task, template)
+        if task.pk == tasks[1].pk:
+            job.request.images[0] = Image.new("RGB", (0, 0))
+        return job
+
+    monkeypatch.setattr(drafting, "job_prepare", with_an_empty_picture)
+    stats = drafts_run(backend=OnlyTheProtocol(backend), batch_size=3)
+    assert (stats.drafts, stats.failed, stats.batch_sizes) == (2, 1, [3])
+    assert Task.objects.get(pk=tasks[1].pk).state == "failed"

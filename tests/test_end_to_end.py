@@ -33,13 +33,16 @@ def test_upload_draft_review_export(
 ):
     settings.MEDIA_ROOT = celery_worker.media_root
     admin = django_user_model.objects.create_user("alice", password="pw")
-    admin.groups.add(services.groups_ensure()[Role.ADMIN])
     pathologist = django_user_model.objects.create_user("paul", password="pw")
     researcher = django_user_model.objects.create_user("rita", password="pw")
     project = services.project_create(
         name="E2E",
         modality=Modality.DERMATOLOGY,
-        members=[(pathologist, Role.PATHOLOGIST), (researcher, Role.RESEARCHER)],
+        members=[
+            (admin, Role.ADMIN),
+            (pathologist, Role.PATHOLOGIST),
+            (researcher, Role.RESEARCHER),
+        ],
     )
 
     # A researcher uploads three images, one of them not an image at all.

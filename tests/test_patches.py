@@ -261,13 +261,26 @@ def test_level_and_read_size_follow_target_mpp(slides, target, level, read_size,
         assert r.mpp == pytest.approx(target)
 
 
-def test_target_finer_than_the_scan_upsamples_and_says_so(slides):
+def test_target_finer_than_the_scan_reads_native_pixels_and_says_so(slides):
     plan = plan_patches(slides["generic"], PatchSettings(patch_size=128, target_mpp=0.2))
-    assert plan.level == 0 and plan.regions[0].read_size == 102  # round(128 * 0.2 / 0.25)
-    assert plan.mpp == pytest.approx(0.2, rel=0.01)
-    assert "upsampled" in plan.note
+    assert plan.level == 0 and plan.mpp == pytest.approx(0.25)  # the scan's own, not 0.2
+    assert "coarser than the target (0.25 µm/px): read at its native resolution" in plan.note
+    assert plan.regions
+    for r in plan.regions:  # never upsampled: 128 native pixels per 128-pixel patch
+        assert (r.level, r.read_size, r.size, r.width, r.mpp) == (0, 128, 128, 128, 0.25)
     img = read_patches(slides["generic"], PatchPlan(plan.regions[:1], 0, plan.mpp, ""))[0]
     assert img.size == (128, 128)
+
+
+def test_a_coarse_scan_is_covered_by_native_patches(tmp_path):
+    rgb = _glass(1024, 768)
+    _draw_tissue(rgb, (100, 100, 900, 700))
+    path = _write_pyramid(tmp_path / "coarse.tiff", np.asarray(rgb), mpp=2.0)
+    plan = plan_patches(path, PatchSettings(patch_size=128, target_mpp=0.5))
+    assert plan.level == 0 and plan.mpp == pytest.approx(2.0)
+    assert "read at its native resolution" in plan.note and len(plan.regions) >= 8
+    for r in plan.regions:
+        assert r.read_size == r.size == r.width == 128 and r.level == 0
 
 
 def test_max_patches_is_honoured_deterministic_and_spread(slides):
@@ -337,11 +350,45 @@ def test_slide_smaller_than_one_patch_gets_one_covering_patch(slides):
     plan = plan_patches(slides["small"], PatchSettings())  # 896 px at 1 µm/px: 3584 level-0 px
     assert len(plan.regions) == 1 and "smaller than one patch" in plan.note
     r = plan.regions[0]
-    assert (r.x, r.y, r.width, r.height, r.size) == (0, 0, 3584, 3584, 896)
+    # its own 512 native pixels, not blown up (or padded) to 896
+    assert (r.x, r.y, r.width, r.height, r.level, r.read_size, r.size) == (
+        0,
+        0,
+        512,
+        512,
+        0,
+        512,
+        512,
+    )
+    assert plan.level == 0 and r.mpp == plan.mpp == pytest.approx(0.25)
     img = read_patches(slides["small"], plan)[0]
-    assert img.size == (896, 896)
-    assert np.asarray(img)[200:, 200:].min() == 255  # beyond the slide: padded white
-    assert _saturated_share(img.crop((0, 0, 128, 96))) > 0.05  # the slide itself
+    assert img.size == (512, 512)
+    assert np.asarray(img)[400:].min() == 255  # beyond the slide (384 rows): padded white
+    assert _saturated_share(img.crop((128, 96, 384, 288))) > 0.05  # the slide itself
+
+
+@pytest.mark.parametrize("mpp", [0.25, 2.0, None])
+def test_a_300_by_200_slide_is_one_native_patch(tmp_path, mpp):
+    rgb = _glass(300, 200)
+    _draw_tissue(rgb, (50, 40, 250, 160))
+    path = _write_pyramid(tmp_path / "mini.tiff", np.asarray(rgb), mpp=mpp, tile=128)
+    (r,) = plan_patches(path, PatchSettings()).regions
+    assert (r.level, r.read_size, r.size, r.width) == (0, 300, 300, 300)
+    assert r.mpp == mpp
+    (img,) = read_patches(path, PatchPlan([r], 0, r.mpp, ""))
+    assert img.size == (300, 300)
+
+
+def test_a_slide_a_little_bigger_than_a_patch_is_shrunk_never_enlarged(tmp_path):
+    rgb = _glass(1200, 600)
+    _draw_tissue(rgb, (100, 100, 1100, 500))
+    path = _write_pyramid(tmp_path / "wide.tiff", np.asarray(rgb), mpp=0.25)
+    # 256 px at 1 µm/px is 1024 level-0 px: the 1200-px slide is two patches wide
+    for settings in (PatchSettings(patch_size=256), PatchSettings(patch_size=896)):
+        plan = plan_patches(path, settings)
+        assert plan.regions
+        for r in plan.regions:
+            assert r.read_size >= r.size <= settings.patch_size
 
 
 def test_tiny_biopsy_falls_back_to_the_best_patch(slides):

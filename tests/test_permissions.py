@@ -1,58 +1,178 @@
-"""The permission matrix: every view, every persona."""
+"""The permission matrix: every URL of the project, every persona.
+
+The rows are checked against Django's URL resolver, so a new URL without a row fails.
+A role is one project's: site-wide power is `is_superuser` and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from django.urls import reverse
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from tests.factories import make_drafted_task
+from annotations import services
+from annotations.access import is_site_admin, projects_for_user
+from annotations.models import Membership, Role, Task, TaskState
+from imaging.patches import PatchSettings, plan_patches
+from tests.factories import draft_fields, make_drafted_task, make_task
 
-# Who gets what: 200 (allowed), 403 (member, role lacks it), 404 (not a member), 302 (to login).
-PERSONAS = ["admin", "pathologist", "other_pathologist", "researcher", "outsider", "anonymous"]
+PERSONAS = [
+    "superuser",  # is_superuser: every project
+    "project_admin",  # admin of `project`
+    "other_admin",  # admin of `other_project` only
+    "pathologist",  # pathologist of `project`
+    "other_pathologist",  # pathologist of `other_project` only
+    "researcher",  # researcher of `project`
+    "outsider",  # logged in, member of nothing
+    "anonymous",  # not logged in
+]
 
+# Who gets what, in PERSONAS order: 200 or 302 (allowed; POST actions redirect), 403 (a
+# member whose role lacks it), 404 (not a member: the object is not revealed), and 302 to
+# the login page for anonymous.
+# fmt: off
 MATRIX = {
-    # view name: expected per persona, in PERSONAS order
-    "project-detail": [200, 200, 404, 200, 404, 302],
-    "project-upload": [200, 403, 404, 200, 404, 302],
-    "project-export": [200, 403, 404, 403, 404, 302],
-    "task-detail": [200, 200, 404, 200, 404, 302],
-    "task-decide": [200, 200, 404, 403, 404, 302],
-    "task-retry": [302, 403, 404, 403, 404, 302],
-    "task-preview": [None, None, 404, None, 404, 302],
-    "project-retry-failed": [302, 403, 404, 403, 404, 302],
-    "project-settings": [200, 403, 404, 403, 404, 302],
-    "task-redraft": [302, 403, 404, 403, 404, 302],  # None: allowed (no file here: not 403/404)
+    #                        super proj  other path  opath resr  outs  anon
+    "project-list":         (200,  200,  200,  200,  200,  200,  200,  302),
+    "project-detail":       (200,  200,  404,  200,  404,  200,  404,  302),
+    "project-upload":       (200,  200,  404,  403,  404,  200,  404,  302),
+    "project-export":       (200,  200,  404,  403,  404,  403,  404,  302),
+    "project-settings":     (200,  200,  404,  403,  404,  403,  404,  302),
+    "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
+    "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
+    "task-decide":          (302,  302,  404,  302,  404,  403,  404,  302),
+    "task-retry":           (302,  302,  404,  403,  404,  403,  404,  302),
+    "task-redraft":         (302,  302,  404,  403,  404,  403,  404,  302),
+    "task-preview":         (200,  200,  404,  200,  404,  200,  404,  302),
+    "draft-region":         (200,  200,  404,  200,  404,  200,  404,  302),
 }
+# fmt: on
+
+# Not in the matrix: open to everyone, tested below. The Django admin has its own checks.
+PUBLIC = {"login", "logout", "healthz"}
+SKIPPED_NAMESPACES = {"admin"}
+
+JPEG_VIEWS = {"task-preview", "draft-region"}
+
+
+def _named_patterns(resolver: URLResolver | None = None) -> list[tuple[str, str | None]]:
+    """(route, name) of every pattern, recursively, leaving out the skipped namespaces."""
+    resolver = resolver or get_resolver("medannot.urls")
+    found = []
+    for pattern in resolver.url_patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.namespace in SKIPPED_NAMESPACES:
+                continue
+            found += [(str(pattern.pattern) + r, n) for r, n in _named_patterns(pattern)]
+        elif isinstance(pattern, URLPattern):
+            found.append((str(pattern.pattern), pattern.name))
+    return found
+
+
+def test_every_url_is_named():
+    unnamed = [route for route, name in _named_patterns() if not name]
+    assert not unnamed, f"URLs without a name escape the permission matrix: {unnamed}"
+
+
+def test_every_url_has_a_row_in_the_matrix():
+    names = {name for _, name in _named_patterns()}
+    assert names - PUBLIC - set(MATRIX) == set(), "URLs without a row in MATRIX"
+    assert set(MATRIX) | PUBLIC <= names, "rows in MATRIX for URLs that no longer exist"
+
+
+@dataclass
+class Scene:
+    """A slide of `project`, drafted from two patches, and a failed task beside it."""
+
+    task: Task
+    failed: Task
+
+    @property
+    def draft(self):
+        return self.task.latest_draft()
+
+
+@pytest.fixture
+def scene(people, sample_files) -> Scene:
+    result = services.image_ingest(
+        project=people.project,
+        source=sample_files["slide"],
+        original_name="biopsy-1.tiff",
+        enqueue=False,
+    )
+    assert result.status == "imported", result.message
+    task = result.task
+    if task.state == TaskState.NEW:
+        services.task_transition(task_id=task.pk, to=TaskState.QUEUED)
+    claimed = services.task_claim(task_id=task.pk)
+    plan = plan_patches(
+        Path(settings.MEDIA_ROOT) / task.image.file, PatchSettings(patch_size=224, max_patches=2)
+    )
+    regions = [r.as_dict() for r in plan.regions]
+    assert regions, "the sample slide gave no patches"
+    services.draft_record(
+        task_id=task.pk, attempt=claimed.attempt, fields=draft_fields(regions=regions)
+    )
+    task.refresh_from_db()
+    return Scene(task=task, failed=make_task(people.project, state=TaskState.FAILED))
+
+
+def _request(client, name: str, scene: Scene):
+    task, project_id = scene.task, scene.task.project_id
+    match name:
+        case "project-list":
+            return client.get(reverse(name))
+        case "project-detail" | "project-upload" | "project-export" | "project-settings":
+            return client.get(reverse(name, args=[project_id]))
+        case "project-retry-failed":
+            return client.post(reverse(name, args=[project_id]))
+        case "task-detail" | "task-preview":
+            return client.get(reverse(name, args=[task.pk]))
+        case "task-decide":
+            data = {"decision": "accepted", "draft_id": scene.draft.pk}
+            return client.post(reverse(name, args=[task.pk]), data)
+        case "task-retry":
+            return client.post(reverse(name, args=[scene.failed.pk]))
+        case "task-redraft":
+            return client.post(reverse(name, args=[task.pk]))
+        case "draft-region":
+            return client.get(reverse(name, args=[scene.draft.pk, 0]))
+    raise AssertionError(f"no request for {name!r}: add one beside its MATRIX row")
 
 
 def _user(people, persona):
     return None if persona == "anonymous" else getattr(people, persona)
 
 
-def _request(client, name, task):
-    if name.startswith("project-"):
-        url = reverse(name, args=[task.project_id])
-    else:
-        url = reverse(name, args=[task.pk])
-    if name == "task-decide":
-        return client.post(url, {"decision": "accepted", "draft_id": task.latest_draft().pk})
-    if name in ("task-retry", "task-redraft", "project-retry-failed"):
-        return client.post(url)
-    return client.get(url)
-
-
 @pytest.mark.parametrize("name", list(MATRIX))
 @pytest.mark.parametrize("persona", PERSONAS)
-def test_the_permission_matrix(people, client_for, name, persona):
-    task = make_drafted_task(people.project)
+def test_the_permission_matrix(people, scene, client_for, name, persona):
     expected = MATRIX[name][PERSONAS.index(persona)]
-    if name == "task-decide" and expected == 200:
-        expected = 302  # without htmx the decision redirects to the next task
-    response = _request(client_for(_user(people, persona)), name, task)
-    if expected is None:
-        assert response.status_code not in (302, 403, 404)
-    else:
-        assert response.status_code == expected
-    if expected == 302 and persona == "anonymous":
-        assert response["Location"].startswith(reverse("login"))
+    response = _request(client_for(_user(people, persona)), name, scene)
+    assert response.status_code < 500
+    assert response.status_code == expected, (name, persona, response.status_code)
+    if response.status_code == 302:
+        to_login = response["Location"].startswith(reverse("login"))
+        assert to_login == (persona == "anonymous"), response["Location"]
+    if expected == 200 and name in JPEG_VIEWS:
+        assert response["Content-Type"] == "image/jpeg"
+        assert b"".join(response.streaming_content).startswith(b"\xff\xd8")
+
+
+def test_the_public_urls_need_no_login(people, client_for):
+    anonymous = client_for(None)
+    assert anonymous.get(reverse("login")).status_code == 200
+    assert anonymous.get(reverse("healthz")).status_code in (200, 503)
+    response = client_for(people.pathologist).post(reverse("logout"))
+    assert response.status_code == 302 and response["Location"] == reverse("login")
 
 
 def test_the_project_list_shows_only_my_projects(people, client_for):
@@ -61,18 +181,119 @@ def test_the_project_list_shows_only_my_projects(people, client_for):
     assert b"Breast biopsies" not in response.content
 
 
-def test_an_admin_sees_every_project(people, client_for):
-    response = client_for(people.admin).get(reverse("project-list"))
+def test_a_superuser_sees_every_project(people, client_for):
+    response = client_for(people.superuser).get(reverse("project-list"))
     assert b"Melanoma photos" in response.content and b"Breast biopsies" in response.content
 
 
-def test_it_hides_other_projects_tasks(people, client_for):
-    mine = make_drafted_task(people.other_project)
-    response = client_for(people.pathologist).get(reverse("task-detail", args=[mine.pk]))
+def test_a_project_admin_sees_only_their_project(people, client_for):
+    body = client_for(people.project_admin).get(reverse("project-list")).content
+    assert b"Breast biopsies" in body and b"Melanoma photos" not in body
+
+
+def test_the_admin_of_another_project_cannot_reach_this_one(people, client_for, sample_files):
+    client = client_for(people.other_admin)
+    project_id = people.project.pk
+    assert b"Breast biopsies" not in client.get(reverse("project-list")).content
+    for name in ("project-detail", "project-export", "project-settings", "project-upload"):
+        assert client.get(reverse(name, args=[project_id])).status_code == 404, name
+    with sample_files["photo"].open("rb") as photo:
+        response = client.post(reverse("project-upload", args=[project_id]), {"files": [photo]})
+    assert response.status_code == 404
+    response = client.post(
+        reverse("project-settings", args=[project_id]),
+        {"instruction": "Say {organ}.", "target_mpp": "0.5", "patch_size": "512"},
+    )
+    assert response.status_code == 404
+    assert not Task.objects.filter(project=people.project).exists()
+    assert not is_site_admin(people.other_admin)
+
+
+def test_demoting_a_project_admin_takes_their_powers_at_once(people, client_for):
+    client = client_for(people.project_admin)
+    url = reverse("project-export", args=[people.project.pk])
+    assert client.get(url).status_code == 200
+    services.membership_set(project=people.project, user=people.project_admin, role="pathologist")
+    assert client.get(url).status_code == 403
+    assert client.get(reverse("project-settings", args=[people.project.pk])).status_code == 403
+    Membership.objects.filter(user=people.project_admin).delete()
+    assert client.get(url).status_code == 404
+    assert not projects_for_user(people.project_admin).exists()
+
+
+def test_create_project_with_an_admin_member_gives_no_site_wide_power(people, client_for):
+    call_command("create_project", "Lung CT", "--modality", "pathology", "--member", "oscar:admin")
+    client = client_for(people.outsider)
+    assert not is_site_admin(people.outsider)
+    assert client.get(reverse("project-detail", args=[people.project.pk])).status_code == 404
+    assert b"Breast biopsies" not in client.get(reverse("project-list")).content
+
+
+def test_the_django_admin_membership_inline_gives_no_site_wide_power(people, client_for):
+    project = people.project
+    prefix = "memberships"
+    existing = list(project.memberships.order_by("pk"))
+    data = {
+        "name": project.name,
+        "modality": project.modality,
+        "description": project.description,
+        "slide_settings": "{}",
+        f"{prefix}-TOTAL_FORMS": str(len(existing) + 1),
+        f"{prefix}-INITIAL_FORMS": str(len(existing)),
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "1000",
+    }
+    for i, m in enumerate(existing):
+        data |= {
+            f"{prefix}-{i}-id": str(m.pk),
+            f"{prefix}-{i}-project": str(project.pk),
+            f"{prefix}-{i}-user": str(m.user_id),
+            f"{prefix}-{i}-role": m.role,
+        }
+    new = len(existing)
+    data |= {
+        f"{prefix}-{new}-project": str(project.pk),
+        f"{prefix}-{new}-user": str(people.other_pathologist.pk),
+        f"{prefix}-{new}-role": Role.ADMIN,
+    }
+    admin_client = client_for(people.superuser)
+    url = reverse("admin:annotations_project_change", args=[project.pk])
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert project.memberships.get(user=people.other_pathologist).role == Role.ADMIN
+
+    olga = people.other_pathologist
+    olga.refresh_from_db()
+    assert not olga.groups.exists() and not is_site_admin(olga)
+    # Admin of `project` now, still only a pathologist of `other_project`.
+    client = client_for(olga)
+    assert client.get(reverse("project-export", args=[project.pk])).status_code == 200
+    url = reverse("project-export", args=[people.other_project.pk])
+    assert client.get(url).status_code == 403
+
+
+def test_a_group_named_admin_gives_no_power(people, client_for):
+    Group.objects.create(name="admin").user_set.add(people.outsider)
+    assert not is_site_admin(people.outsider)
+    response = client_for(people.outsider).get(reverse("project-detail", args=[people.project.pk]))
     assert response.status_code == 404
 
 
-def test_a_post_without_csrf_token_is_refused(people):
+def test_the_migration_drops_the_role_groups(people):
+    migration = importlib.import_module("annotations.migrations.0003_roles_belong_to_projects")
+    kept = Group.objects.create(name="radiology-leads")
+    for name in migration.ROLE_GROUPS:
+        Group.objects.create(name=name).user_set.add(people.outsider, people.pathologist)
+    # The models as they stood when 0003 runs, as `migrate` would hand them over.
+    loader = MigrationExecutor(connection).loader
+    state = loader.project_state(("annotations", "0002_audit_append_only_and_groups"))
+    migration.drop_role_groups(state.apps, None)
+    assert list(Group.objects.all()) == [kept]
+    assert not people.outsider.groups.exists()
+    assert not is_site_admin(people.outsider)
+
+
+def test_a_decision_needs_a_csrf_token(people):
     from django.test import Client
 
     task = make_drafted_task(people.project)
@@ -85,10 +306,7 @@ def test_a_post_without_csrf_token_is_refused(people):
     assert response.status_code == 403
 
 
-@pytest.mark.parametrize("method", ["get"])
-def test_decide_rejects_get(people, client_for, method):
+def test_decide_rejects_get(people, client_for):
     task = make_drafted_task(people.project)
-    response = getattr(client_for(people.pathologist), method)(
-        reverse("task-decide", args=[task.pk])
-    )
+    response = client_for(people.pathologist).get(reverse("task-decide", args=[task.pk]))
     assert response.status_code == 405

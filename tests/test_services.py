@@ -186,9 +186,10 @@ def test_a_failed_task_can_be_retried(people, django_capture_on_commit_callbacks
     assert len(callbacks) == 1  # one Celery message, sent after commit
 
 
-def test_membership_gives_the_role_group(people):
-    assert people.pathologist.groups.filter(name="pathologist").exists()
-    assert people.researcher.groups.filter(name="researcher").exists()
+def test_a_membership_writes_no_global_group(people):
+    # A group is site-wide; a role belongs to its project alone.
+    for user in (people.project_admin, people.pathologist, people.researcher):
+        assert not user.groups.exists()
 
 
 def test_the_sweep_puts_back_tasks_whose_worker_was_lost(

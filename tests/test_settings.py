@@ -1,8 +1,11 @@
 """Settings come from the environment and fail loudly on a bad value."""
 
 import os
+import re
+import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +23,64 @@ def test_it_parses_a_database_url():
     )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _start(**env):
     code = "import django; django.setup()"
-    full = os.environ | {"DJANGO_SETTINGS_MODULE": "medannot.settings"} | env
+    full = os.environ | {"DJANGO_SETTINGS_MODULE": "medannot.settings", "DEBUG": "true"} | env
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True)
+
+
+def _production_env(**env) -> dict[str, str]:
+    """The environment with DEBUG unset: production, as the Dockerfile and compose run it."""
+    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY"}}
+    return base | {"DJANGO_SETTINGS_MODULE": "medannot.settings"} | env
+
+
+def test_debug_is_off_unless_asked_for():
+    code = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+    run = [sys.executable, "-c", code]
+    no_key = subprocess.run(run, env=_production_env(), capture_output=True, text=True)
+    assert no_key.returncode != 0 and "SECRET_KEY must be set" in no_key.stderr
+    env = _production_env(SECRET_KEY=secrets.token_urlsafe(50))
+    out = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+HTTPS_BY_THE_PROXY = {"security.W004", "security.W008"}  # HSTS, SSL redirect: the proxy's job
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({}, HTTPS_BY_THE_PROXY),
+        ({"MEDANNOT_BEHIND_TLS_PROXY": "true"}, HTTPS_BY_THE_PROXY),
+        (
+            {
+                "SECURE_SSL_REDIRECT": "true",
+                "SECURE_HSTS_SECONDS": "31536000",
+                "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+                "SECURE_HSTS_PRELOAD": "true",
+            },
+            set(),
+        ),
+    ],
+    ids=["plain", "behind-a-tls-proxy", "https-by-django"],
+)
+def test_production_settings_pass_check_deploy(env, allowed):
+    full = _production_env(SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="example.org", **env)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+    )
+    output = result.stdout + result.stderr
+    found = set(re.findall(r"\((\w+\.[A-Z]\d+)\)", output))
+    assert found <= allowed, output
+    assert result.returncode == (1 if found else 0), output
 
 
 @pytest.mark.parametrize(

@@ -82,8 +82,10 @@ def test_the_same_image_in_two_projects_is_stored_once(
     people, client_for, sample_files, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=False):
-        upload(client_for(people.admin), people.project, [sample_files["photo"].open("rb")])
-        upload(client_for(people.admin), people.other_project, [sample_files["photo"].open("rb")])
+        upload(client_for(people.superuser), people.project, [sample_files["photo"].open("rb")])
+        upload(
+            client_for(people.superuser), people.other_project, [sample_files["photo"].open("rb")]
+        )
     assert Task.objects.count() == 2 and Image.objects.count() == 1
     assert len(files_on_disk()) == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,11 +48,26 @@ class BackendError(Exception):
 
 
 class DraftingBackend(Protocol):
+    """What the drafting loop calls. A batch is prepared (CPU work: images, tokens) while
+    the previous one generates. Both backends report a failed image the same way: a
+    ``BackendError`` in that request's slot of the results, never a failed batch. A raised
+    ``BackendError`` means the whole batch failed (out of memory: the loop halves it)."""
+
     name: str
     model_id: str
     model_revision: str
 
-    def draft(self, request: DraftRequest) -> DraftResult: ...
+    def prepare(self, requests: Sequence[DraftRequest]) -> Any: ...
+
+    def generate(self, prepared: Any) -> list[DraftResult | BackendError]: ...
+
+
+def draft_one(backend: DraftingBackend, request: DraftRequest) -> DraftResult:
+    """One request's draft, or its BackendError raised."""
+    (result,) = backend.generate(backend.prepare([request]))
+    if isinstance(result, BackendError):
+        raise result
+    return result
 
 
 def validate_request(request: DraftRequest) -> None:

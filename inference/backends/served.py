@@ -17,7 +17,6 @@ import base64
 import email.utils
 import hashlib
 import http.client
-import io
 import json
 import logging
 import random
@@ -33,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from PIL import Image as PILImage
+
+from imaging import pixels
 
 from .base import (
     THOUGHT_END,
@@ -229,6 +230,14 @@ class ServedBackend:
             truncated=finish_reason == "length",
         )
 
+    def prepare(self, requests: Sequence[DraftRequest]) -> list[DraftRequest]:
+        """A server needs no batch built ahead: requests are checked and sent one by one."""
+        return list(requests)
+
+    def generate(self, prepared: list[DraftRequest]) -> list[DraftResult | BackendError]:
+        """The drafts of a prepared batch, a failed image's slot holding its BackendError."""
+        return self.draft_many(prepared)
+
     def draft_many(self, requests: Sequence[DraftRequest]) -> list[DraftResult | BackendError]:
         """Draft requests concurrently (at most ``concurrency`` at once); results in order.
 
@@ -391,17 +400,15 @@ def encode_image(
     model sees it. PNG keeps the image's own mode, so the server's conversion is the same as
     the local processor's and the pixels are exact.
     """
-    pil_format, mime = _IMAGE_FORMATS[fmt]
+    mime = _IMAGE_FORMATS[fmt][1]
     if fmt == "jpeg":
         image = _to_rgb(image)
     elif image.mode not in _PNG_MODES:
         image = image.convert("RGB")
-    buf = io.BytesIO()
+    # a served picture: pixels and colour profile only, never the source's comment or EXIF
     if fmt == "jpeg":
-        image.save(buf, format=pil_format, quality=quality)
-    else:
-        image.save(buf, format=pil_format)
-    return buf.getvalue(), mime
+        return pixels.encode_jpeg(image, quality=quality), mime
+    return pixels.encode_png(image), mime
 
 
 def _to_rgb(image: PILImage.Image) -> PILImage.Image:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .base import (
     BackendError,
     DraftRequest,
     DraftResult,
+    draft_one,
     validate_request,
 )
 
@@ -60,6 +61,14 @@ def _resolve_device(device: str | None) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
     return dev
+
+
+def model_placement(device: torch.device) -> dict[str, Any]:
+    """Where `from_pretrained` puts the weights. On CUDA they load straight onto the GPU
+    (accelerate's device_map): 8 GB of MedGemma never pass through host memory."""
+    if device.type == "cuda":
+        return {"device_map": {"": str(device)}}
+    return {}
 
 
 def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -116,13 +125,18 @@ def _hub_revision(model: str, revision: str | None) -> tuple[str | None, str]:
 
 @dataclass
 class PreparedBatch:
-    """A batch's model inputs, built on the CPU ahead of its turn on the device."""
+    """A batch's model inputs, built on the CPU ahead of its turn on the device.
+
+    `requests` are the ones that could be prepared; `errors` holds, by position in the
+    original batch, the requests that could not (a bad image), so their slots report it."""
 
     requests: list[DraftRequest]
     prompts: list[str]
     limits: list[int]
     inputs: Any
     prepared_at: float
+    errors: dict[int, BackendError] = field(default_factory=dict)
+    size: int = 0  # requests asked for, prepared or not
 
 
 class TransformersBackend:
@@ -174,9 +188,11 @@ class TransformersBackend:
                 self.model_id,
                 dtype=self.dtype,
                 attn_implementation=ATTN_IMPLEMENTATION,
+                **model_placement(self.device),
                 **load_kwargs,
             )
-        self.model.to(self.device)
+        if self.device.type != "cuda":
+            self.model.to(self.device)
         self.model.eval()
 
         tokenizer = self.processor.tokenizer
@@ -192,11 +208,12 @@ class TransformersBackend:
     # -- public API ---------------------------------------------------------------------------
 
     def draft(self, request: DraftRequest) -> DraftResult:
-        """Describe the request's images; one greedy generation."""
-        return self.draft_many([request])[0]
+        """Describe the request's images; one greedy generation. Raises BackendError."""
+        return draft_one(self, request)
 
-    def draft_many(self, requests: Sequence[DraftRequest]) -> list[DraftResult]:
-        """Draft several requests in one left-padded batch; results in request order.
+    def draft_many(self, requests: Sequence[DraftRequest]) -> list[DraftResult | BackendError]:
+        """Draft several requests in one left-padded batch; results in request order, a
+        failed image's slot holding its BackendError.
 
         Greedy decoding makes each result the same as drafting its request alone (up to
         floating-point noise from the padding). ``seconds`` is the batch's generation time,
@@ -206,21 +223,47 @@ class TransformersBackend:
 
     def prepare(self, requests: Sequence[DraftRequest]) -> PreparedBatch:
         """CPU work of a batch (templates, tokens, pixel tensors), kept apart from ``generate``
-        so that a worker can prepare the next batch while the device runs this one."""
-        for req in requests:
-            validate_request(req)
+        so that a worker can prepare the next batch while the device runs this one. A
+        request that cannot be prepared is set aside with its error; the rest go on."""
+        errors: dict[int, BackendError] = {}
+        for i, req in enumerate(requests):
+            try:
+                validate_request(req)
+            except BackendError as exc:
+                errors[i] = exc
+        good = [i for i in range(len(requests)) if i not in errors]
+        try:
+            prompts, inputs = self._encode([requests[i] for i in good])
+        except BackendError:
+            # One input spoils the batch's encoding: find it by encoding each alone.
+            for i in good:
+                try:
+                    self._encode([requests[i]])
+                except BackendError as exc:
+                    errors[i] = exc
+            good = [i for i in good if i not in errors]
+            prompts, inputs = self._encode([requests[i] for i in good])
+        ready = [requests[i] for i in good]
+        limits = [min(req.max_new_tokens, self.max_new_tokens) for req in ready]
+        return PreparedBatch(
+            ready, prompts, limits, inputs, time.perf_counter(), errors, len(requests)
+        )
+
+    def _encode(self, requests: Sequence[DraftRequest]) -> tuple[list[str], Any]:
         if not requests:
-            return PreparedBatch([], [], [], None, time.perf_counter())
-        limits = [min(req.max_new_tokens, self.max_new_tokens) for req in requests]
+            return [], None
         prompts, inputs = self.build_inputs(requests, to_device=False)
         if self.device.type == "cuda":
             inputs = inputs.to(self.device, non_blocking=True)  # pinned copies overlap
-        return PreparedBatch(list(requests), prompts, limits, inputs, time.perf_counter())
+        return prompts, inputs
 
-    def generate(self, batch: PreparedBatch) -> list[DraftResult]:
-        """Run one prepared batch on the device."""
-        if not batch.requests:
-            return []
+    def generate(self, batch: PreparedBatch) -> list[DraftResult | BackendError]:
+        """Run one prepared batch on the device: a result, or an error, per request asked for.
+        Raises BackendError when the whole batch fails (out of memory: transient)."""
+        results = iter(self._generate(batch) if batch.requests else [])
+        return [batch.errors.get(i) or next(results) for i in range(batch.size)]
+
+    def _generate(self, batch: PreparedBatch) -> list[DraftResult]:
         inputs = batch.inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)

@@ -1,9 +1,8 @@
-import csv
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotations import services
+from annotations import manifests, services
 from annotations.models import Project
 
 
@@ -19,24 +18,6 @@ def iter_files(paths: list[str]):
                     yield child
         else:
             yield path
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of a CSV manifest by file (as written, and by name): its other columns."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "file" not in reader.fieldnames:
-                raise CommandError(f"{path}: the manifest needs a `file` column")
-            rows = {}
-            for row in reader:
-                name = (row.pop("file") or "").strip()
-                values = {k.strip(): (v or "").strip() for k, v in row.items() if k and v}
-                if name:
-                    rows[name] = rows[Path(name).name] = values
-            return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CommandError(f"{path}: cannot read the manifest: {exc}") from None
 
 
 class Command(BaseCommand):
@@ -58,7 +39,15 @@ class Command(BaseCommand):
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
-        fields = read_manifest(Path(manifest)) if manifest else {}
+        try:
+            rows = manifests.manifest_read(Path(manifest)) if manifest else manifests.Manifest()
+        except manifests.ManifestError as exc:
+            raise CommandError(str(exc)) from None
+        refused_rows = {}  # file -> why its manifest row was left out
+        for problem in rows.problems:
+            self.stdout.write(f"{'rejected':9} {problem}")
+            if problem.field != "file" and problem.file:
+                refused_rows[problem.file] = refused_rows[Path(problem.file).name] = problem
         counts = {"imported": 0, "duplicate": 0, "rejected": 0}
         for path in iter_files(paths):
             if not path.exists():
@@ -69,7 +58,7 @@ class Command(BaseCommand):
                     source=path,
                     original_name=path.name,
                     enqueue=not no_draft,
-                    metadata=fields.get(str(path)) or fields.get(path.name),
+                    metadata=rows.fields_for(path),
                 )
             counts[result.status] += 1
             line = f"{result.status:9} {path}"
@@ -77,8 +66,18 @@ class Command(BaseCommand):
                 line += f" (task {result.task.pk})"
             if result.message:
                 line += f": {result.message}"
+            problem = refused_rows.get(str(path)) or refused_rows.get(path.name)
+            if problem is not None and result.status == "imported":
+                line += f" (without manifest fields: line {problem.line} was rejected)"
             self.stdout.write(line)
         summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        if rows.problems:
+            summary += f", {len(rows.problems)} manifest row(s) rejected"
         self.stdout.write(summary)
         if counts["rejected"]:
             raise CommandError(f"{counts['rejected']} file(s) rejected; the others were kept.")
+        if rows.problems:
+            raise CommandError(
+                f"{len(rows.problems)} manifest row(s) rejected; their files were imported "
+                "without those fields."
+            )

@@ -35,8 +35,7 @@ class Command(BaseCommand):
                 user = User.objects.create_user(username, password=password)
                 logins[username] = password
             if role == Role.ADMIN:
-                services.groups_ensure()
-                user.groups.add(services.groups_ensure()[Role.ADMIN])
+                # The demo admin runs the site: superuser is the one site-wide power.
                 user.is_staff = user.is_superuser = True
                 user.save(update_fields=["is_staff", "is_superuser"])
             users[username] = (user, role)
