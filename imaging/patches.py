@@ -518,7 +518,8 @@ def plan_patches(slide_path: Path, settings: PatchSettings | None = None) -> Pat
     Without microns per pixel the slide is assumed to be a 40× scan (0.25 µm/px, or
     10 / objective power when recorded), so patches come from the level nearest 4×
     downsample (≈10×); ``mpp`` is then None and the note starts with
-    "microns per pixel unknown: ...". Unreadable slides raise ImageRejected.
+    "microns per pixel unknown: ...". Unreadable slides, and slides whose smallest
+    level is over MAX_OVERVIEW_LEVEL_PIXELS (no tissue mask can be read), raise ImageRejected.
     """
     settings = settings if settings is not None else PatchSettings()
     with _open_slide(slide_path) as slide:

@@ -45,7 +45,8 @@ def render_preview(path: Path, info: ImageInfo, max_size: int = 1024) -> Image.I
     Slides: the pyramid composited on the slide background (associated images such
     as label/macro are never read: they can show patient names). Photos: EXIF
     orientation applied, ICC profile converted, 16-bit greyscale rescaled.
-    A missing or (since inspection) damaged file raises ImageRejected.
+    A missing or (since inspection) damaged file, or a slide whose smallest level is over
+    MAX_OVERVIEW_LEVEL_PIXELS, raises ImageRejected.
     """
     with _reading(path, info):
         if info.kind == "slide":

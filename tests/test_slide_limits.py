@@ -18,10 +18,13 @@ from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+import imaging.pixels
 from annotations.models import Image, Task
 from imaging import ImageRejected, inspect_image, render_preview, samples
 from imaging.inspect import MAX_OVERVIEW_LEVEL_PIXELS, plausible_mpp
 from imaging.patches import PatchSettings, plan_patches
+from inference.services import job_prepare
+from tests.factories import make_image, make_task
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_LOW_RES = "unreadable slide: it has no low-resolution level"
@@ -197,3 +200,33 @@ def test_a_72_dpi_slide_is_planned_as_unknown_and_never_upsampled(tmp_path: Path
     assert plan.mpp is None and plan.regions
     for r in plan.regions:
         assert r.mpp is None and r.read_size >= r.size and r.size == 128
+
+
+def test_drafting_a_stored_poison_fails_fast_with_the_reason(people, poison: Path, settings):
+    # a slide stored before the budget existed: the worker refuses it instead of reading it
+    stored = Path(settings.MEDIA_ROOT) / "images" / "poison.tiff"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(poison.read_bytes())
+    image = make_image(
+        file="images/poison.tiff", kind="slide", format="tiff", width=100_000, height=100_000
+    )
+    task = make_task(people.project, image=image)
+    job = job_prepare(task, None)
+    assert job.request is None
+    assert job.error == f"image unreadable: {POISON_MESSAGE}"
+
+
+def test_a_preview_comes_from_a_level_within_the_budget(tmp_path: Path, monkeypatch) -> None:
+    path = samples.write_synthetic_slide(tmp_path / "s.tiff", width=1536, height=1024)
+    info = inspect_image(path)
+    monkeypatch.setattr(imaging.pixels, "MAX_OVERVIEW_LEVEL_PIXELS", 800 * 600)
+    levels_read = []
+    real_read = openslide.OpenSlide.read_region
+
+    def spy(self, location, level, size):
+        levels_read.append(level)
+        return real_read(self, location, level, size)
+
+    monkeypatch.setattr(openslide.OpenSlide, "read_region", spy)
+    assert render_preview(path, info, max_size=1024).size == (1024, 683)
+    assert levels_read == [1]  # 768 x 512: level 0 (1536 x 1024) is over the budget
