@@ -195,10 +195,6 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"Task {self.pk} ({self.state})"
 
-    @property
-    def is_decided(self) -> bool:
-        return self.state in DECIDED_STATES
-
     def latest_draft(self) -> Draft | None:
         return self.drafts.order_by("-created_at", "-id").first()
 

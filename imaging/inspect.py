@@ -86,11 +86,6 @@ class ImageInfo:
     mpp_y: float | None
     vendor: str = ""  # OpenSlide vendor for slides ("aperio", "generic-tiff"...)
 
-    @property
-    def is_slide(self) -> bool:
-        """True for whole-slide images read through OpenSlide."""
-        return self.kind == "slide"
-
 
 # --------------------------------------------------------------------------- inspection
 

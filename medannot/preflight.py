@@ -14,10 +14,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medannot.settings")
 START_HINTS = {
     "postgres": (
         "Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
-        "(Debian), `brew services start postgresql` (macOS), or `docker compose up -d postgres`."
+        "(Debian), `brew services start postgresql` (macOS), or "
+        "`docker compose -f compose.dev.yml up -d postgres`."
     ),
     "redis": (
-        "Start it with `redis-server --daemonize yes --port 6379`, or `docker compose up -d redis`."
+        "Start it with `redis-server --daemonize yes --port 6379`, or "
+        "`docker compose -f compose.dev.yml up -d redis`."
     ),
 }
 

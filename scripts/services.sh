@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the PostgreSQL and Redis that the app needs when they run on this machine but are
-# stopped: the installed ones (pg_ctlcluster, redis-server), or else `docker compose`.
+# stopped: the installed ones (pg_ctlcluster, redis-server), or else compose.dev.yml.
 # Touches only services that DATABASE_URL / REDIS_URL put on localhost. Never fails:
 # `python -m medannot.preflight`, run next, explains whatever is still missing.
 set -uo pipefail
@@ -57,8 +57,8 @@ if ((redis_local)) && ! redis_up; then
 fi
 if ((${#compose[@]})); then
   if have docker && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
-    echo "starting ${compose[*]} with docker compose"
-    docker compose up -d "${compose[@]}" || true
+    echo "starting ${compose[*]} with docker compose (compose.dev.yml)"
+    docker compose -f compose.dev.yml up -d "${compose[@]}" || true
   fi
 fi
 

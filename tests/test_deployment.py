@@ -445,3 +445,15 @@ def test_make_run_starts_a_gpu_worker_and_a_separate_beat_worker() -> None:
     assert len(other) == 1 and " -B" in other[0]
     run = (REPO / "scripts" / "run.sh").read_text(encoding="utf-8")
     assert "workers.sh" in run and "workers_start" in run and "workers_stop" in run
+
+
+def test_the_development_services_answer_where_the_default_urls_look():
+    """scripts/services.sh falls back to compose.dev.yml: its PostgreSQL and Redis must answer
+    at the defaults of make run and make test (postgres@localhost:5432 with no password,
+    redis on localhost:6379), on the loopback address only."""
+    dev = yaml.safe_load((REPO / "compose.dev.yml").read_text())["services"]
+    assert dev["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
+    assert dev["postgres"]["environment"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+    assert "POSTGRES_USER" not in dev["postgres"]["environment"]  # the image's: postgres
+    assert dev["redis"]["ports"] == ["127.0.0.1:6379:6379"]
+    assert "compose.dev.yml" in (REPO / "scripts" / "services.sh").read_text()

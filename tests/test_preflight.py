@@ -16,7 +16,7 @@ def test_it_says_when_postgres_does_not_answer():
     result = preflight(DATABASE_URL="postgresql://postgres@127.0.0.1:1/medannot")
     assert result.returncode == 1
     assert "PostgreSQL at 127.0.0.1:1 does not answer" in result.stderr
-    assert "pg_ctlcluster" in result.stderr and "docker compose up -d postgres" in result.stderr
+    assert "pg_ctlcluster" in result.stderr and "compose.dev.yml up -d postgres" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -13,7 +13,7 @@ def test_the_review_page_marks_the_draft_as_ai_generated(people, client_for):
     response = client_for(people.pathologist).get(reverse("task-detail", args=[task.pk]))
     assert response.status_code == 200
     body = response.content.decode()
-    assert "AI-generated draft" in body and "not a medical device" in body
+    assert "AI-generated draft" in body and "not a medical device" in body.lower()
     assert "Lobular carcinoma in situ." in body
     assert 'id="decision-form"' in body
 
@@ -152,3 +152,12 @@ def test_the_next_tasks_image_is_prefetched(people, client_for):
         client_for(people.pathologist).get(reverse("task-detail", args=[first.pk])).content.decode()
     )
     assert f'<link rel="prefetch" href="{reverse("task-preview", args=[second.pk])}">' in body
+
+
+def test_the_draft_notice_has_one_source(people, client_for):
+    """The page shows the same notice that exports carry (annotations.notice.AI_NOTICE)."""
+    from annotations.notice import AI_NOTICE
+
+    task = make_drafted_task(people.project)
+    body = client_for(people.pathologist).get(reverse("task-detail", args=[task.pk])).content
+    assert body.decode().count(AI_NOTICE) == 2  # beside the draft, and in the footer

@@ -156,7 +156,7 @@ def test_it_starts_nothing_when_both_answer(tmp_path, stubs):
 
 def test_it_uses_docker_compose_when_nothing_is_installed(tmp_path, stubs):
     calls = services(tmp_path, stubs("docker"))
-    assert "docker compose up -d postgres redis" in calls
+    assert "docker compose -f compose.dev.yml up -d postgres redis" in calls
 
 
 def test_it_leaves_docker_alone_when_its_engine_is_not_running(tmp_path, stubs):

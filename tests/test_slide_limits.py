@@ -230,3 +230,23 @@ def test_a_preview_comes_from_a_level_within_the_budget(tmp_path: Path, monkeypa
     monkeypatch.setattr(openslide.OpenSlide, "read_region", spy)
     assert render_preview(path, info, max_size=1024).size == (1024, 683)
     assert levels_read == [1]  # 768 x 512: level 0 (1536 x 1024) is over the budget
+
+
+@pytest.mark.django_db
+def test_stored_implausible_mpp_become_unknown():
+    """Rows imported before the plausibility rule lose their 352.8 µm/px (migration 0005)."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    from annotations.models import Image
+    from tests.factories import make_image
+
+    migration = importlib.import_module("annotations.migrations.0005_forget_implausible_mpp")
+    bad = make_image(kind="slide", format="tiff", mpp_x=352.8, mpp_y=352.8)
+    good = make_image(kind="slide", format="svs", mpp_x=0.25, mpp_y=0.2501)
+    migration.forget_implausible(django_apps, None)
+    bad.refresh_from_db(), good.refresh_from_db()
+    assert (bad.mpp_x, bad.mpp_y) == (None, None)
+    assert (good.mpp_x, good.mpp_y) == (0.25, 0.2501)
+    assert Image.objects.filter(mpp_x__isnull=True).count() == 1
