@@ -64,3 +64,13 @@ def make_drafted_task(project, *, text: str = "Invasive ductal carcinoma, grade 
 
 def latest_draft(task: Task) -> Draft:
     return task.latest_draft()
+
+
+# A valid post of the project settings form.
+SETTINGS_FORM = {
+    "system": "",
+    "instruction": "Describe the {organ} specimen.",
+    "target_mpp": "0.5",
+    "patch_size": "512",
+    "max_patches": "40",
+}

@@ -3,14 +3,9 @@
 from django.urls import reverse
 
 from annotations.models import AuditEvent, PromptTemplate
+from tests.factories import SETTINGS_FORM
 
-FORM = {
-    "system": "",
-    "instruction": "Describe the {organ} specimen.",
-    "target_mpp": "0.5",
-    "patch_size": "512",
-    "max_patches": "40",
-}
+FORM = SETTINGS_FORM
 
 
 def test_saving_a_changed_prompt_makes_a_new_version(people, client_for):

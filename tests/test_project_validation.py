@@ -7,14 +7,9 @@ from django.urls import reverse
 
 from annotations.forms import ProjectSettingsForm
 from imaging.patches import PATCH_SETTING_RANGES
+from tests.factories import SETTINGS_FORM
 
-FORM = {
-    "system": "",
-    "instruction": "Describe the {organ} specimen.",
-    "target_mpp": "0.5",
-    "patch_size": "512",
-    "max_patches": "40",
-}
+FORM = SETTINGS_FORM
 
 
 def test_the_settings_form_refuses_a_resolution_the_patch_code_refuses(people, client_for):
@@ -88,3 +83,25 @@ def test_the_admin_saves_good_slide_settings(people, client_for):
     assert response.status_code == 302
     people.project.refresh_from_db()
     assert people.project.slide_settings == {"patch_size": 448}
+
+
+def test_slide_settings_stored_before_the_check_go_back_to_the_defaults(people, client_for):
+    """Migration 0006: a project the old admin gave {"patch_size": 5} loads again."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    from annotations.models import AuditEvent, Project
+
+    migration = importlib.import_module("annotations.migrations.0006_reset_invalid_slide_settings")
+    bad = {"patch_size": 5, "max_patches": 100000}
+    Project.objects.filter(pk=people.project.pk).update(slide_settings=bad)
+    Project.objects.filter(pk=people.other_project.pk).update(slide_settings={"patch_size": 512})
+    migration.reset_invalid(django_apps, None)
+    people.project.refresh_from_db(), people.other_project.refresh_from_db()
+    assert people.project.slide_settings == {}
+    assert people.other_project.slide_settings == {"patch_size": 512}
+    event = AuditEvent.objects.filter(project=people.project).latest("id")
+    assert event.before == bad and "patch_size" in event.reason
+    url = reverse("project-settings", args=[people.project.pk])
+    assert client_for(people.admin).get(url).status_code == 200

@@ -6,14 +6,9 @@ from django.urls import reverse
 from annotations import prompts, services
 from annotations.forms import ProjectSettingsForm
 from annotations.models import PromptTemplate
+from tests.factories import SETTINGS_FORM
 
-FORM = {
-    "system": "",
-    "instruction": "Describe the {organ} specimen.",
-    "target_mpp": "0.5",
-    "patch_size": "512",
-    "max_patches": "40",
-}
+FORM = SETTINGS_FORM
 REFUSED = ["{organ:>50000000}", "{organ!r}", "{organ.upper}", "{organ[0]}", "{}", "{0}"]
 
 
