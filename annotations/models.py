@@ -122,6 +122,11 @@ class Image(models.Model):
     levels = models.PositiveSmallIntegerField(default=1)
     mpp_x = models.FloatField(null=True, blank=True)
     mpp_y = models.FloatField(null=True, blank=True)
+    # The slide properties a reviewer needs, from an allowlist: never free-text ones
+    # (file names, dates, barcodes, comments can carry identifiers).
+    vendor = models.CharField(max_length=40, blank=True)
+    objective_power = models.FloatField(null=True, blank=True)
+    level_dimensions = models.JSONField(default=list, blank=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -137,15 +142,30 @@ class Image(models.Model):
         return self.original_name
 
     # The fields that inspection fills in (imaging.ImageInfo), stored as they are.
-    INFO_FIELDS = ("kind", "format", "width", "height", "levels", "mpp_x", "mpp_y")
+    INFO_FIELDS = (
+        "kind",
+        "format",
+        "width",
+        "height",
+        "levels",
+        "mpp_x",
+        "mpp_y",
+        "vendor",
+        "objective_power",
+        "level_dimensions",
+    )
 
     def info(self) -> imaging.ImageInfo:
         """What inspection found, for the imaging functions."""
-        return imaging.ImageInfo(**{name: getattr(self, name) for name in self.INFO_FIELDS})
+        fields = {name: getattr(self, name) for name in self.INFO_FIELDS}
+        fields["level_dimensions"] = tuple(tuple(d) for d in self.level_dimensions or ())
+        return imaging.ImageInfo(**fields)
 
     @classmethod
     def fields_from(cls, info: imaging.ImageInfo) -> dict:
-        return {name: getattr(info, name) for name in cls.INFO_FIELDS}
+        fields = {name: getattr(info, name) for name in cls.INFO_FIELDS}
+        fields["level_dimensions"] = [list(d) for d in info.level_dimensions]
+        return fields
 
 
 class TaskState(models.TextChoices):
@@ -255,6 +275,10 @@ class Label(models.Model):
     decision = models.CharField(max_length=10, choices=Decision.choices)
     text = models.TextField(blank=True, help_text="The final text: the draft, or the edit")
     reason = models.TextField(blank=True)
+    # Region pointers drawn on the image with the decision: GeoJSON Features in level-0
+    # pixel coordinates (QuPath's and the Digital Slide Archive's convention), each with a
+    # short note in properties.note.
+    regions = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -85,6 +85,9 @@ class ImageInfo:
     mpp_x: float | None  # microns per pixel at level 0, when the file records it
     mpp_y: float | None
     vendor: str = ""  # OpenSlide vendor for slides ("aperio", "generic-tiff"...)
+    objective_power: float | None = None  # scanner objective (20, 40), when recorded
+    # (width, height) of every pyramid level, level 0 first; a photo has one
+    level_dimensions: tuple[tuple[int, int], ...] = ()
 
 
 # --------------------------------------------------------------------------- inspection
