@@ -6,12 +6,14 @@ which slide patches the model sees (`patches`). The synthetic demo and test imag
 from imaging.inspect import ImageInfo, ImageRejected, inspect_image
 from imaging.pixels import load_for_model, render_preview
 from imaging.storage import (
+    StagedFolder,
     StagedUpload,
     StoredFile,
     discard,
     finalise_file,
     relative_path_for,
     safe_suffix,
+    staged_folder,
     staged_upload,
     store_file,
     suffix_for,
@@ -21,6 +23,7 @@ from imaging.storage import (
 __all__ = [
     "ImageInfo",
     "ImageRejected",
+    "StagedFolder",
     "StagedUpload",
     "StoredFile",
     "discard",
@@ -30,6 +33,7 @@ __all__ = [
     "relative_path_for",
     "render_preview",
     "safe_suffix",
+    "staged_folder",
     "staged_upload",
     "store_file",
     "suffix_for",

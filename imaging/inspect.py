@@ -15,6 +15,8 @@ from pathlib import Path
 import openslide
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
+from imaging import series
+
 DEFAULT_MAX_PHOTO_PIXELS = 200_000_000
 
 # Formats Pillow may try on uploads; anything else (EPS, PSD, ICO...) is not an image to us.
@@ -59,6 +61,20 @@ _SLIDE_VERIFY_PIXELS = 4096 * 4096  # read the whole lowest level when it is at 
 MAX_OVERVIEW_LEVEL_PIXELS = 8192 * 8192
 # Microns per pixel that microscopes produce; outside it a value is a photo's dpi, not a scan's.
 PLAUSIBLE_MPP = (0.05, 20.0)
+# Objective magnifications a scanner records (OpenSlide's openslide.objective-power).
+PLAUSIBLE_OBJECTIVE_POWER = (1.0, 100.0)
+# The only slide properties stored, shown or exported. Free-text ones (aperio.Filename,
+# aperio.Date, openslide.comment, barcodes, DICOM patient tags) can name the patient.
+ALLOWED_PROPERTIES = (
+    "vendor",
+    "width",
+    "height",
+    "levels",
+    "level_dimensions",
+    "mpp_x",
+    "mpp_y",
+    "objective_power",
+)
 
 
 class ImageRejected(Exception):
@@ -90,6 +106,20 @@ class ImageInfo:
     level_dimensions: tuple[tuple[int, int], ...] = ()
 
 
+def reviewer_properties(image: object) -> dict:
+    """The allowlisted properties of an ImageInfo or an Image row, for pages and exports.
+
+    Dimensions, levels and their sizes, microns per pixel, objective power and vendor:
+    nothing else a slide file says about itself is ever shown or exported.
+    """
+    props = {name: getattr(image, name, None) for name in ALLOWED_PROPERTIES}
+    props["level_dimensions"] = [
+        [int(w), int(h)] for w, h in (props["level_dimensions"] or ())
+    ]
+    props["vendor"] = props["vendor"] or ""
+    return props
+
+
 # --------------------------------------------------------------------------- inspection
 
 
@@ -117,6 +147,10 @@ def inspect_image(path: Path, *, max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXEL
     vendor = _detect_vendor(path)
     if vendor is None and head[128:132] == b"DICM":
         raise ImageRejected("DICOM files other than whole-slide images are not supported yet")
+    if vendor == "dicom":
+        part = series.dicom_part_problem(path)  # a label, overview or thumbnail alone
+        if part:
+            raise ImageRejected(part)
     if vendor is not None:
         info, coarsest = _inspect_slide(path, vendor)
         # a small single-level tiled TIFF is just a photo that happens to be tiled
@@ -166,6 +200,16 @@ def plausible_mpp(value: str | float | None) -> float | None:
     return mpp if math.isfinite(mpp) and lo <= mpp <= hi else None
 
 
+def plausible_objective_power(value: str | float | None) -> float | None:
+    """A recorded objective magnification (20, 40) when it lies in 1..100, else None."""
+    try:
+        power = float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    lo, hi = PLAUSIBLE_OBJECTIVE_POWER
+    return power if math.isfinite(power) and lo <= power <= hi else None
+
+
 def no_overview_level(width: int, height: int) -> ImageRejected:
     """The rejection of a slide whose smallest level is too big to read whole."""
     return ImageRejected(
@@ -208,6 +252,10 @@ def _inspect_slide(path: Path, vendor: str) -> tuple[ImageInfo, tuple[int, int]]
                 mpp_x=plausible_mpp(props.get(openslide.PROPERTY_NAME_MPP_X)),
                 mpp_y=plausible_mpp(props.get(openslide.PROPERTY_NAME_MPP_Y)),
                 vendor=vendor,
+                objective_power=plausible_objective_power(
+                    props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+                ),
+                level_dimensions=tuple((int(w), int(h)) for w, h in slide.level_dimensions),
             )
             coarsest = slide.level_dimensions[-1]
             stage = "its pixel data is damaged"
@@ -299,6 +347,7 @@ def _inspect_photo(path: Path, max_pixels: int) -> ImageInfo:
         levels=1,
         mpp_x=None,
         mpp_y=None,
+        level_dimensions=((width, height),),
     )
 
 

@@ -19,12 +19,18 @@ from typing import Literal
 import numpy as np
 import tifffile
 from PIL import Image, ImageDraw
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from imaging.series import DICOM_WSI_SOP_CLASS
 
 __all__ = [
     "LABEL_RGB",
     "MACRO_RGB",
     "write_corrupt_slide",
     "write_derm_photo",
+    "write_dicom_series",
     "write_poison_tiff",
     "write_synthetic_slide",
     "write_truncated_jpeg",
@@ -174,6 +180,7 @@ def write_synthetic_slide(
     mpp: float = 0.25,
     seed: int = 0,
     flavour: Literal["generic-tiff", "aperio"] = "generic-tiff",
+    description_extra: str = "",
 ) -> Path:
     """Write a tiled, deflate-compressed H&E-like pyramid that OpenSlide opens natively.
 
@@ -182,6 +189,8 @@ def write_synthetic_slide(
     ``aperio``: an SVS layout — level 0 with an ``Aperio ...|AppMag|MPP`` description,
     an untiled thumbnail, the other levels, then a label (NewSubfileType 1, coloured
     LABEL_RGB) and a macro (NewSubfileType 9, coloured MACRO_RGB).
+    `description_extra` (``"|Filename = ...|Date = ..."``) is appended to the Aperio
+    description: free-text properties that must never be stored or shown.
     """
     if flavour not in ("generic-tiff", "aperio"):
         raise ValueError(f"unknown slide flavour {flavour!r}")
@@ -213,7 +222,7 @@ def write_synthetic_slide(
             return path
 
         head = f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}]"
-        tags = f"|AppMag = {round(10 / mpp)}|MPP = {mpp:g}"
+        tags = f"|AppMag = {round(10 / mpp)}|MPP = {mpp:g}{description_extra}"
         tif.write(
             levels[0],
             description=f"{head} ({tile}x{tile}) RGB{tags}",
@@ -430,3 +439,168 @@ def write_poison_tiff(
     header = b"II*\0" + struct.pack("<I", 8 + len(blobs))
     path.write_bytes(header + bytes(blobs) + bytes(ifd))
     return path
+
+
+# --------------------------------------------------------------------------- DICOM WSI
+
+
+ORIGINAL_VOLUME = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")  # level 0
+RESAMPLED_VOLUME = ("DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")  # the lower levels
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 80) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _dicom_instance(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    tile: int,
+    image_type: tuple[str, str, str, str],
+    mpp: float,
+    number: int,
+    series: dict[str, str],
+) -> Path:
+    """One VL Whole Slide Microscopy Image instance, TILED_FULL, JPEG baseline frames."""
+    height, width = pixels.shape[:2]
+    tw, th = min(tile, width), min(tile, height)
+    frames = []
+    for y in range(0, height, th):
+        for x in range(0, width, tw):
+            frame = np.full((th, tw, 3), 255, dtype=np.uint8)  # edge tiles padded with white
+            part = pixels[y : y + th, x : x + tw]
+            frame[: part.shape[0], : part.shape[1]] = part
+            frames.append(_jpeg(frame))
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DICOM_WSI_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DICOM_WSI_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = series["study"]
+    ds.SeriesInstanceUID = series["series"]
+    ds.FrameOfReferenceUID = series["frame"]
+    ds.Modality = "SM"
+    ds.ImageType = list(image_type)
+    ds.InstanceNumber = number
+    # patient details, as every instance of a real series carries them
+    ds.PatientName = series["patient_name"]
+    ds.PatientID = series["patient_id"]
+    ds.PatientBirthDate = series["birth_date"]
+    ds.BarcodeValue = series["barcode"]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.Rows, ds.Columns = th, tw
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfFrames = len(frames)
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.ImagedVolumeWidth = width * mpp / 1000  # millimetres
+    ds.ImagedVolumeHeight = height * mpp / 1000
+    ds.ImagedVolumeDepth = 0.001
+    measures = Dataset()
+    measures.PixelSpacing = [mpp / 1000, mpp / 1000]  # millimetres: rows, columns
+    measures.SliceThickness = 0.001
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    optical = Dataset()
+    optical.OpticalPathIdentifier = "1"
+    optical.ObjectiveLensPower = series["objective"]
+    ds.OpticalPathSequence = [optical]
+    ds.NumberOfOpticalPaths = 1
+    ds.NumberOfFocalPlanes = 1
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dicom_series(
+    folder: Path,
+    *,
+    width: int = 1536,
+    height: int = 1024,
+    tile: int = 256,
+    mpp: float = 0.25,
+    seed: int = 0,
+    downsamples: tuple[int, ...] = (1, 4),
+    thumbnail: bool = True,
+    label: bool = False,
+    overview: bool = False,
+    patient_name: str = "Doe^Jane",
+) -> list[Path]:
+    """Write a DICOM WSI series into `folder`: one VOLUME instance per pyramid level, and
+    optionally a THUMBNAIL, a LABEL (LABEL_RGB with 'barcode' bars) and an OVERVIEW
+    (MACRO_RGB), every instance naming the patient. OpenSlide opens any VOLUME instance
+    and finds the rest in the folder.
+
+    Returns the paths written: level 0 first, then the lower levels, the thumbnail, the
+    label and the overview. New UIDs each call: two calls write two different series.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    level0 = Image.fromarray(_he_pixels(rng, width, height, mpp))
+    series = {
+        "study": generate_uid(),
+        "series": generate_uid(),
+        "frame": generate_uid(),
+        "patient_name": patient_name,
+        "patient_id": "MRN-1950-0042",
+        "birth_date": "19500101",
+        "barcode": "BC-1950-0042",
+        "objective": round(10 / mpp),
+    }
+    paths = []
+    for i, factor in enumerate(downsamples):
+        pixels = np.asarray(level0 if factor == 1 else level0.reduce(factor))
+        kind = ORIGINAL_VOLUME if factor == 1 else RESAMPLED_VOLUME
+        paths.append(
+            _dicom_instance(
+                folder / f"level-{i}.dcm",
+                pixels,
+                tile=tile,
+                image_type=kind,
+                mpp=mpp * factor,
+                number=i + 1,
+                series=series,
+            )
+        )
+    extras: list[tuple[str, np.ndarray, tuple[str, str, str, str]]] = []
+    if thumbnail:
+        thumb = level0.copy()
+        thumb.thumbnail((256, 256))
+        kind = ("DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED")
+        extras.append(("thumbnail", np.asarray(thumb), kind))
+    if label:
+        extras.append(("label", _label_pixels(), ("ORIGINAL", "PRIMARY", "LABEL", "NONE")))
+    if overview:
+        macro = np.empty((300, 800, 3), dtype=np.uint8)
+        macro[:] = MACRO_RGB
+        extras.append(("overview", macro, ("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE")))
+    for j, (name, pixels, kind) in enumerate(extras, start=len(paths) + 1):
+        h, w = pixels.shape[:2]
+        paths.append(
+            _dicom_instance(
+                folder / f"{name}.dcm",
+                pixels,
+                tile=max(w, h),
+                image_type=kind,
+                mpp=mpp * width / w,
+                number=j,
+                series=series,
+            )
+        )
+    return paths

@@ -22,9 +22,10 @@ import hashlib
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -140,11 +141,15 @@ def store_file(
     return StoredFile(sha256=digest.hexdigest(), size=size, temp_path=temp_path)
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """`n` bytes for people: "512 bytes", "1.5 GiB"."""
     if n < 1024:
         return f"{n} bytes"
     exponent = min(3, int(math.log(n, 1024)))
     return f"{n / 1024**exponent:.4g} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
+
+_human_bytes = human_bytes
 
 
 def relative_path_for(sha256: str, suffix: str) -> str:
@@ -272,7 +277,7 @@ def staged_upload(
 
 def sweep_tmp(media_root: Path, *, older_than_s: float = 24 * 3600) -> int:
     """Delete files left in ``tmp/`` by a crashed process or an interrupted upload (ours and
-    the web server's upload temp files alike); return how many."""
+    the web server's upload temp files alike), and our staging folders; return how many."""
     tmp_dir = Path(media_root) / TMP_DIR
     if not tmp_dir.is_dir():
         return 0
@@ -280,7 +285,166 @@ def sweep_tmp(media_root: Path, *, older_than_s: float = 24 * 3600) -> int:
     removed = 0
     for entry in tmp_dir.iterdir():
         with contextlib.suppress(FileNotFoundError):
+            if entry.is_symlink():
+                continue
             if entry.is_file() and entry.stat().st_mtime < cutoff:
                 entry.unlink()
                 removed += 1
+            elif (
+                entry.is_dir()
+                and entry.name.startswith(TMP_FOLDER_PREFIXES)
+                and entry.stat().st_mtime < cutoff
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- folders
+
+# Staging folders in tmp/: a multi-file image being stored, a zip being unpacked.
+TMP_FOLDER_PREFIXES = ("unit-", "unzip-")
+_NAME_PART_RE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME_PART = 100
+
+
+def safe_member_name(name: str) -> str:
+    """`name` (a relative path inside a multi-file image) made safe to store.
+
+    Raises ImageRejected on an absolute path or a ``..`` component; other characters
+    outside ``[A-Za-z0-9._-]`` become ``_`` and a leading dot does too, the same way in a
+    MIRAX ``.mrxs`` name and its folder, so that they still match.
+    """
+    raw = name.replace("\\", "/")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if raw.startswith("/") or not parts or ".." in parts or ":" in parts[0]:
+        raise ImageRejected("unsafe file name: a path inside the upload leaves its folder")
+    cleaned = []
+    for part in parts:
+        part = _NAME_PART_RE.sub("_", part)[:_MAX_NAME_PART]
+        cleaned.append("_" + part[1:] if part.startswith(".") else part)
+    return "/".join(cleaned)
+
+
+def folder_path_for(sha256: str) -> str:
+    """``images/<sha[:2]>/<sha[2:4]>/<sha>``: where a multi-file image's folder lives."""
+    if not _SHA_RE.match(sha256):
+        raise ValueError("not a lowercase hex sha256")
+    return str(PurePosixPath(IMAGES_DIR, sha256[:2], sha256[2:4], sha256))
+
+
+class StagedFolder:
+    """The files of one multi-file image (a DICOM series, a MIRAX slide) in a folder under
+    ``tmp/``: inspect ``temp_path(main)``, then ``commit(main)`` renames the folder into place.
+
+    Its sha256 is over the sorted (stored name, file sha256) list, so the same files give
+    the same address however they arrived (a web upload, a folder, a zip).
+    """
+
+    def __init__(
+        self, temp_dir: Path, media_root: Path, names: dict[str, str], files: dict[str, str]
+    ) -> None:
+        self.temp_dir = temp_dir
+        self.media_root = Path(media_root)
+        self.names = names  # member name -> stored name
+        self.files = files  # stored name -> file sha256
+        listing = "".join(f"{name}\t{sha}\n" for name, sha in sorted(files.items()))
+        self.sha256 = hashlib.sha256(listing.encode()).hexdigest()
+        self.size = sum((temp_dir / name).stat().st_size for name in files)
+        self.relative_path: str | None = None
+        self.created = False
+
+    def temp_path(self, member: str) -> Path:
+        """Where member `member` is now (until commit)."""
+        return self.temp_dir / self.names[member]
+
+    def commit(self, main: str) -> str:
+        """Rename the folder to ``images/aa/bb/<sha>/`` (atomic; idempotent); return the
+        relative path of member `main` inside it, the file OpenSlide opens."""
+        if self.relative_path is None:
+            folder = folder_path_for(self.sha256)
+            dest = self.media_root / folder
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.is_dir():
+                try:
+                    os.rename(self.temp_dir, dest)  # a directory rename is atomic
+                    self.created = True
+                except OSError:
+                    if not dest.is_dir():
+                        raise
+                    # a concurrent upload of the same files won the race: theirs is ours
+            self.relative_path = f"{folder}/{self.names[main]}"
+        return self.relative_path
+
+    def undo_commit(self) -> None:
+        """Remove the committed folder if (and only if) this upload created it."""
+        if self.created and self.relative_path is not None:
+            shutil.rmtree(self.media_root / folder_path_for(self.sha256), ignore_errors=True)
+            self.created = False
+        self.relative_path = None
+
+
+def _copy_hashed(src: Path | BinaryIO, dest: Path, max_bytes: int, file_mode: int) -> str:
+    digest = hashlib.sha256()
+    size = 0
+    with open(dest, "xb") as out:
+        for chunk in _read_chunks(src):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ImageRejected(f"file too large: the limit is {_human_bytes(max_bytes)}")
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(dest, file_mode)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_folder(
+    members: Iterable[tuple[str, Path | BinaryIO]],
+    media_root: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    content_suffix: str | None = None,
+    file_mode: int = 0o644,
+) -> Iterator[StagedFolder]:
+    """Copy (name, source) members into a new folder under ``media_root/tmp/`` while
+    hashing them; the folder is always gone on exit unless committed.
+
+    Names are relative paths kept as given (made safe by `safe_member_name`): MIRAX needs
+    ``slide.mrxs`` beside ``slide/``. With `content_suffix` (``".dcm"``), files are named
+    by their content instead (a DICOM series: names mean nothing, and a renamed copy of the
+    series is still the same image); identical files are then kept once.
+    """
+    tmp_root = Path(media_root) / TMP_DIR
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=TMP_FOLDER_PREFIXES[0], dir=tmp_root))
+    staged: StagedFolder | None = None
+    try:
+        names: dict[str, str] = {}
+        files: dict[str, str] = {}
+        for i, (name, src) in enumerate(members):
+            if content_suffix is not None:
+                part = temp_dir / f".part-{i}"
+                sha = _copy_hashed(src, part, max_bytes, file_mode)
+                stored = sha[:32] + content_suffix
+                if stored in files:
+                    part.unlink()
+                else:
+                    os.rename(part, temp_dir / stored)
+            else:
+                stored = safe_member_name(name)
+                if stored.lower() in {n.lower() for n in files}:
+                    raise ImageRejected(f"two files of one image are both named {stored!r}")
+                (temp_dir / stored).parent.mkdir(parents=True, exist_ok=True)
+                sha = _copy_hashed(src, temp_dir / stored, max_bytes, file_mode)
+            names[name] = stored
+            files[stored] = sha
+        for folder in [temp_dir, *(p for p in temp_dir.rglob("*") if p.is_dir())]:
+            os.chmod(folder, 0o755)  # mkdtemp's 0700 would hide it from other readers
+        staged = StagedFolder(temp_dir, media_root, names, files)
+        yield staged
+    finally:
+        if staged is None or not staged.created:
+            shutil.rmtree(temp_dir, ignore_errors=True)

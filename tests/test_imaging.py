@@ -122,8 +122,11 @@ def test_inspect_aperio_slide(aperio_slide: Path) -> None:
         mpp_x=pytest.approx(0.5),
         mpp_y=pytest.approx(0.5),
         vendor="aperio",
+        objective_power=20.0,  # AppMag
+        level_dimensions=info.level_dimensions,
     )
-    assert info.levels >= 3
+    assert info.levels >= 3 and len(info.level_dimensions) == info.levels
+    assert info.level_dimensions[0] == SLIDE_SIZE
     assert imaging.suffix_for(info, "case 12.SVS") == ".svs"
     assert imaging.suffix_for(info, "case.tif") == ".tif"
     assert imaging.suffix_for(info, "case.jpg") == ".svs"
