@@ -10,10 +10,10 @@ from enum import Enum
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404
 
-from annotations.models import Draft, Project, Role, Task
+from annotations.models import Draft, Image, Project, Role, Task
 
 
 class Can(Enum):
@@ -87,3 +87,12 @@ def draft_for_user(user: AbstractBaseUser, draft_id: int, need: Can = Can.VIEW) 
         raise Http404("No such draft")
     draft.task = task_for_user(user, draft.task_id, need)
     return draft
+
+
+def image_for_user(user: AbstractBaseUser, image_id: int) -> Image:
+    """An image that one of its tasks lets the user see (any project of theirs); else 404."""
+    visible = Task.objects.filter(image=OuterRef("pk"), project__in=projects_for_user(user))
+    image = Image.objects.filter(Exists(visible), pk=image_id).first()
+    if image is None:
+        raise Http404("No such image")
+    return image

@@ -8,6 +8,7 @@ from typing import IO, Any
 
 from annotations.models import Label, Project
 from annotations.notice import AI_NOTICE
+from annotations.regions import feature_collection
 
 
 def label_rows(project: Project) -> Iterator[dict[str, Any]]:
@@ -38,7 +39,10 @@ def label_rows(project: Project) -> Iterator[dict[str, Any]]:
             "prompt": draft.prompt,
             "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
             "draft_truncated": draft.truncated,
-            "regions": draft.regions,
+            # The reviewer's region pointers, GeoJSON in level-0 pixels (QuPath opens it).
+            "regions": feature_collection(label.regions),
+            # The patches the model was given for the draft (level-0 pixels too).
+            "draft_regions": draft.regions,
             "task_metadata": label.task.metadata,
             "generation": draft.generation,
             "draft_notice": AI_NOTICE,

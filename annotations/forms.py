@@ -2,6 +2,7 @@ from django import forms
 
 from annotations.models import Decision
 from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
+from annotations.regions import InvalidRegions, parse_regions
 from imaging.patches import PATCH_SETTING_RANGES, PatchSettings
 
 
@@ -25,7 +26,11 @@ class MultipleFileField(forms.FileField):
 class UploadForm(forms.Form):
     files = MultipleFileField(
         label="Images",
-        help_text="Slides (SVS, NDPI, TIFF, DICOM, ...) and photos (JPEG, PNG, ...).",
+        help_text=(
+            "Slides (SVS, NDPI, TIFF, DICOM, ...) and photos (JPEG, PNG, ...). Choose all "
+            "files of a DICOM series together; send a MIRAX slide (.mrxs and its folder) as "
+            "a zip."
+        ),
     )
 
 
@@ -34,6 +39,20 @@ class DecisionForm(forms.Form):
     draft_id = forms.IntegerField(widget=forms.HiddenInput)
     text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 10}))
     reason = forms.CharField(required=False, max_length=2000)
+    # Region pointers drawn on the viewer (JSON GeoJSON Features, level-0 pixels): filled
+    # by static/js/viewer.js; without JavaScript it stays empty.
+    regions = forms.CharField(required=False, strip=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, image_size: tuple[int, int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image_size = image_size
+
+    def clean_regions(self) -> list[dict]:
+        width, height = self.image_size or (None, None)
+        try:
+            return parse_regions(self.cleaned_data.get("regions") or "", width=width, height=height)
+        except InvalidRegions as exc:
+            raise forms.ValidationError(str(exc)) from None
 
     def clean(self):
         data = super().clean()

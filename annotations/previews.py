@@ -7,14 +7,20 @@ same picture never see, or write into, half a JPEG.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from PIL import Image as PILImage
 
+from annotations import tiles
 from annotations.models import Draft, Image
-from imaging import patches, pixels
+from annotations.queues import DEFAULT_QUEUE, PREVIEW_TASK
+from imaging import ImageRejected, patches, pixels
+
+log = logging.getLogger(__name__)
 
 REGION_THUMBNAIL = 320
 
@@ -29,6 +35,51 @@ def preview_file(image: Image) -> Path:
     if not path.exists():
         _write_jpeg(pixels.render_preview(_media() / image.file, image.info()), path)
     return path
+
+
+def preview_make(*, image_id: int) -> bool:
+    """Render the preview of an image and the first Deep Zoom levels of its viewer, ahead of
+    the first page view (the worker's preview task). Idempotent: what exists is kept. False
+    when the image is gone or unreadable (the page then says the preview is unavailable)."""
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        return False
+    try:
+        preview_file(image)
+        tiles.warm(image)
+    except ImageRejected as exc:
+        log.warning("image %s: no preview: %s", image_id, exc)
+        return False
+    return True
+
+
+# Like the drafting message: one quick retry, then give up; the page renders the preview
+# itself when the worker never made one.
+_SEND_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def preview_send(image_id: int) -> bool:
+    """Queue the preview task of an image, by name (the web never imports the worker).
+    Never raises: without a broker, the first page view renders the preview."""
+    try:
+        current_app.send_task(
+            PREVIEW_TASK,
+            args=[image_id],
+            queue=DEFAULT_QUEUE,
+            retry=True,
+            retry_policy=_SEND_RETRY_POLICY,
+            time_limit=None,
+            soft_time_limit=None,
+        )
+    except Exception:
+        log.warning("image %s: the preview message could not be sent", image_id, exc_info=True)
+        return False
+    return True
 
 
 def region_file(draft: Draft, index: int) -> Path:

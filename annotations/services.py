@@ -6,11 +6,14 @@ inside a transaction with the task row locked, and appends an audit event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from celery import current_app
@@ -36,8 +39,11 @@ from annotations.models import (
     Task,
     TaskState,
 )
+from annotations.previews import preview_send
 from annotations.prompts import validate_template
 from annotations.queues import DRAFT_TASK, GPU_QUEUE
+from annotations.regions import validate_regions
+from imaging import archives, series
 from imaging.patches import PatchSettings
 
 log = logging.getLogger(__name__)
@@ -243,6 +249,7 @@ class IngestResult:
     status: str  # "imported", "duplicate" or "rejected"
     message: str = ""
     task: Task | None = None
+    source: Path | None = None  # the file given (a series' main file); None inside a zip
 
     @property
     def ok(self) -> bool:
@@ -277,9 +284,21 @@ def image_ingest(
                 # The row outlived its file (a lost disk): this upload restores it.
                 staged.commit(Path(existing.file).suffix)
             info = None if existing else imaging.inspect_image(staged.temp_path)
+
+            def commit(info: imaging.ImageInfo) -> str:
+                return staged.commit(imaging.suffix_for(info, name))
+
             try:
                 return _ingest_rows(
-                    project, staged, existing, info, name, uploaded_by, enqueue, metadata or {}
+                    project,
+                    staged,
+                    commit,
+                    existing,
+                    info,
+                    name,
+                    uploaded_by,
+                    enqueue,
+                    metadata or {},
                 )
             except BaseException:
                 _undo_unreferenced(staged)
@@ -299,12 +318,12 @@ def _undo_unreferenced(staged) -> None:
 
 
 def _ingest_rows(
-    project, staged, image, info, name, uploaded_by, enqueue, metadata
+    project, staged, commit, image, info, name, uploaded_by, enqueue, metadata
 ) -> IngestResult:
     with transaction.atomic():
         if image is None:
-            relpath = staged.commit(imaging.suffix_for(info, name))
-            image, _ = Image.objects.get_or_create(
+            relpath = commit(info)
+            image, image_created = Image.objects.get_or_create(
                 sha256=staged.sha256,
                 defaults=dict(
                     file=relpath,
@@ -314,6 +333,9 @@ def _ingest_rows(
                     **Image.fields_from(info),
                 ),
             )
+            if image_created:  # preview and first viewer tiles on the CPU queue, not on a view
+                image_id = image.pk
+                transaction.on_commit(lambda: preview_send(image_id), robust=True)
         task, created = Task.objects.get_or_create(
             project=project, image=image, defaults={"metadata": metadata}
         )
@@ -330,6 +352,155 @@ def _ingest_rows(
         if enqueue:
             task_enqueue(task_id=task.pk, actor=uploaded_by)
         return IngestResult(name, "imported", "", task)
+
+
+# The label and overview instances of a DICOM series are photos of the glass: never stored.
+LEFT_OUT_NOTE = "its label and overview images were left out (they can show patient details)"
+
+
+def images_ingest(
+    *,
+    project: Project,
+    files: Sequence[tuple[str, Path | IO[bytes]]],
+    uploaded_by: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+    metadata_for: Callable[[Path], dict[str, str] | None] | None = None,
+) -> list[IngestResult]:
+    """Store the files of one upload, folder or zip as images and make them tasks.
+
+    `files` are (name, path or upload) pairs; a name may be a relative path
+    (``slide/Data0000.dat``).
+    Files of one slide are stored together as ONE image (imaging.series): the instances of
+    a DICOM series, a MIRAX ``.mrxs`` with its folder. A ``.zip`` is unpacked safely and its
+    contents grouped the same way. One result per image (or per refused file, series or
+    zip), loose files first; one bad unit never loses the rest. `metadata_for` gives the
+    manifest fields of a file given by its path.
+    """
+    with contextlib.ExitStack() as spooled:
+        loose, zips = [], []
+        for name, source in files:
+            path = _as_path(source, spooled)
+            (zips if archives.is_zip(name) else loose).append((name, path))
+        results = [
+            _unit_ingest(project, unit, uploaded_by, enqueue, metadata_for, given=True)
+            for unit in series.group_files(loose)
+        ]
+        for name, path in zips:
+            results += _zip_ingest(project, name, path, uploaded_by, enqueue)
+    return results
+
+
+def _as_path(source: Path | str | IO[bytes], spooled: contextlib.ExitStack) -> Path:
+    """A path to the bytes of `source`: an upload's temporary file, or a spooled copy of a
+    stream (grouping reads file headers; OpenSlide reads paths)."""
+    if isinstance(source, str | Path):
+        return Path(source)
+    if hasattr(source, "temporary_file_path"):
+        return Path(source.temporary_file_path())
+    tmp_root = Path(settings.MEDIA_ROOT) / imaging.storage.TMP_DIR
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    out = spooled.enter_context(tempfile.NamedTemporaryFile(dir=tmp_root, prefix="upload-"))
+    if getattr(source, "seekable", lambda: False)():
+        source.seek(0)
+    shutil.copyfileobj(source, out, imaging.storage.CHUNK_SIZE)
+    out.flush()
+    return Path(out.name)
+
+
+def _zip_limits() -> archives.ZipLimits:
+    return archives.ZipLimits(
+        max_entries=settings.MEDANNOT_MAX_ZIP_ENTRIES,
+        max_total_bytes=settings.MEDANNOT_MAX_ZIP_BYTES,
+        max_entry_bytes=settings.MEDANNOT_MAX_FILE_BYTES,
+    )
+
+
+def _zip_ingest(project, name, path, uploaded_by, enqueue) -> list[IngestResult]:
+    shown = PurePosixPath(name.replace("\\", "/")).name or "archive.zip"
+    tmp_root = Path(settings.MEDIA_ROOT) / imaging.storage.TMP_DIR
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="unzip-", dir=tmp_root))
+    try:
+        try:
+            entries = archives.unpack_zip(path, folder, limits=_zip_limits())
+        except imaging.ImageRejected as exc:
+            return [IngestResult(shown, "rejected", str(exc), source=Path(path))]
+        if not entries:
+            return [IngestResult(shown, "rejected", "the zip holds no files", source=Path(path))]
+        return [
+            _unit_ingest(project, unit, uploaded_by, enqueue, None, prefix=f"{shown}/")
+            for unit in series.group_files(entries)
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unit_ingest(
+    project, unit: series.Unit, uploaded_by, enqueue, metadata_for, *, prefix="", given=False
+) -> IngestResult:
+    name = (prefix + unit.name)[:255]
+    source = unit.main_member.path if given and unit.main else None
+    if unit.problem:
+        first = unit.members[0].path if given and unit.members else None
+        return IngestResult(name, "rejected", unit.problem, source=first)
+    metadata = None
+    if metadata_for is not None:
+        metadata = next(
+            (found for m in unit.members if (found := metadata_for(m.path)) is not None), None
+        )
+    if unit.kind == "file":
+        member = unit.main_member
+        result = image_ingest(
+            project=project,
+            source=member.path,
+            original_name=PurePosixPath(member.name).name,
+            uploaded_by=uploaded_by,
+            enqueue=enqueue,
+            metadata=metadata,
+        )
+        return replace(result, name=name, source=source)
+    result = _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata or {})
+    if result.ok and unit.left_out:
+        result = replace(result, message="; ".join(filter(None, [result.message, LEFT_OUT_NOTE])))
+    return replace(result, source=source)
+
+
+def _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata) -> IngestResult:
+    """Store a multi-file slide in one folder, inspect it there, and make it a task.
+
+    A rejected unit leaves nothing behind; the folder appears under images/ in one rename.
+    """
+    media_root = Path(settings.MEDIA_ROOT)
+    original = PurePosixPath(unit.main).name if unit.kind == "mirax" else name
+    try:
+        with imaging.staged_folder(
+            [(m.name, m.path) for m in unit.members],
+            media_root,
+            max_bytes=settings.MEDANNOT_MAX_FILE_BYTES,
+            # DICOM names mean nothing: named by content, a renamed copy is the same image
+            content_suffix=".dcm" if unit.kind == "dicom" else None,
+        ) as staged:
+            existing = Image.objects.filter(sha256=staged.sha256).first()
+            if existing is not None and not (media_root / existing.file).exists():
+                staged.commit(unit.main)  # the row outlived its files: this upload restores them
+            info = None if existing else imaging.inspect_image(staged.temp_path(unit.main))
+            try:
+                return _ingest_rows(
+                    project,
+                    staged,
+                    lambda info: staged.commit(unit.main),
+                    existing,
+                    info,
+                    original[:255],
+                    uploaded_by,
+                    enqueue,
+                    metadata,
+                )
+            except BaseException:
+                _undo_unreferenced(staged)
+                raise
+    except imaging.ImageRejected as exc:
+        return IngestResult(name, "rejected", str(exc))
 
 
 # One quick retry, then give up: with the broker down, the task stays pending in the outbox
@@ -417,10 +588,13 @@ def label_record(
     draft_id: int,
     text: str = "",
     reason: str = "",
+    regions: list[dict] | None = None,
 ) -> Label:
     """Record (or revise) `reviewer`'s decision on the draft they saw.
 
     Accept keeps the draft text; edit stores the reviewer's text; reject needs a reason.
+    `regions`: the reviewer's region pointers (GeoJSON Features, level-0 pixels), which
+    replace the ones stored before; InvalidRegions (a ValueError) if they do not fit.
     Raises ReviewConflict if a newer draft replaced the one the reviewer judged.
     """
     if decision not in Decision.values:
@@ -438,12 +612,18 @@ def label_record(
         if draft is None or draft.pk != draft_id:
             raise ReviewConflict("A newer draft replaced the one you judged. Reload the task.")
         final = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
+        checked = (
+            validate_regions(regions, width=task.image.width, height=task.image.height)
+            if regions
+            else []
+        )
         label = Label.objects.filter(task=task, reviewer=reviewer).first()
         before = _label_state(label)
         if label is None:
             label = Label(task=task, reviewer=reviewer)
         label.draft, label.decision, label.text = draft, decision, final
         label.reason = reason if decision == Decision.REJECTED else ""
+        label.regions = checked
         label.save()
         audit_record(
             action="label.record",
@@ -465,6 +645,7 @@ def _label_state(label: Label | None) -> dict | None:
         "text": label.text,
         "reason": label.reason,
         "draft": label.draft_id,
+        "regions": label.regions,
     }
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,11 +22,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 import imaging
-from annotations import exports, health, previews, selectors, services, uploads
+from annotations import exports, health, previews, selectors, services, tiles, uploads
 from annotations.access import (
     Can,
     capabilities,
     draft_for_user,
+    image_for_user,
     project_for_user,
     projects_for_user,
     task_for_user,
@@ -96,18 +98,12 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
     if refused and not request.FILES:
         form = UploadForm()  # every file was refused: the list says why, not "choose a file"
     elif request.method == "POST" and form.is_valid():
-        for upload in form.cleaned_data["files"]:
-            source = (
-                upload.temporary_file_path() if hasattr(upload, "temporary_file_path") else upload
-            )
-            results.append(
-                services.image_ingest(
-                    project=project,
-                    source=Path(source) if isinstance(source, str) else source,
-                    original_name=upload.name,
-                    uploaded_by=request.user,
-                )
-            )
+        # All files of the request together: a DICOM series' files become one image.
+        results = services.images_ingest(
+            project=project,
+            files=[(upload.name, upload) for upload in form.cleaned_data["files"]],
+            uploaded_by=request.user,
+        )
     results += refused
     # 422 only when nothing of the upload could be kept.
     status = 422 if results and not any(r.ok for r in results) else 200
@@ -229,7 +225,7 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id, Can.REVIEW)
-    form = DecisionForm(request.POST)
+    form = DecisionForm(request.POST, image_size=(task.image.width, task.image.height))
     status = 200
     if form.is_valid():
         data = form.cleaned_data
@@ -241,6 +237,7 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
                 draft_id=data["draft_id"],
                 text=data["text"],
                 reason=data["reason"],
+                regions=data["regions"],
             )
         except (services.ReviewConflict, services.InvalidTransition) as exc:
             form.add_error(None, str(exc))
@@ -273,6 +270,7 @@ def _review_context(request: HttpRequest, task, form: DecisionForm | None = None
             initial={
                 "draft_id": draft.pk,
                 "text": label.text if label and label.text else draft.text,
+                "regions": json.dumps(label.regions) if label and label.regions else "",
             }
         )
     return {
@@ -280,6 +278,7 @@ def _review_context(request: HttpRequest, task, form: DecisionForm | None = None
         "task": task,
         "project": task.project,
         "image": task.image,
+        "dzi_url": tiles.dzi_url(task.image, request.user),
         "form": form,
         "may": _may(request.user, task.project),
         "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),
@@ -328,3 +327,53 @@ def _private_jpeg(path: Path) -> FileResponse:
 def healthz(request: HttpRequest) -> JsonResponse:
     state = health.status()
     return JsonResponse(state, status=200 if state["database"] == "ok" else 503)
+
+
+# Slides: Deep Zoom for the viewer ------------------------------------------------------
+
+
+@require_GET
+@login_required
+def slide_dzi(request: HttpRequest, image_id: int) -> HttpResponse:
+    """The .dzi descriptor of an image the user may see. The page gives OpenSeadragon this
+    URL with a tile token (`tiles.dzi_url`), which OpenSeadragon repeats on every tile URL."""
+    image = image_for_user(request.user, image_id)
+    try:
+        xml = tiles.dzi_xml(image)
+    except tiles.SlideUnreadable as exc:
+        return _plain(f"slide unreadable: {exc}", 422)
+    response = HttpResponse(xml, content_type="application/xml; charset=utf-8")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+def slide_tile(request: HttpRequest, image_id: int, level: int, col: int, row: int) -> HttpResponse:
+    """One Deep Zoom tile. No login and no database: the signed token in the query string
+    says who may read which file (see annotations.tiles). Answers are plain text, never a
+    rendered error page (whose template would look up the user)."""
+    try:
+        grant = tiles.grant_for(request.GET.get(tiles.TOKEN_PARAM, ""), image_id)
+    except tiles.TokenRefused as exc:
+        return _plain(str(exc), 403)
+    except tiles.WrongImage:
+        return _plain("no such image", 404)
+    quality = tiles.quality()
+    etag = grant.etag(level, col, row, quality)
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        try:
+            data = tiles.tile_jpeg(grant, level, col, row)
+        except tiles.NoSuchTile:
+            return _plain("no such tile", 404)
+        except tiles.SlideUnreadable as exc:
+            return _plain(f"slide unreadable: {exc}", 422)
+        response = HttpResponse(data, content_type="image/jpeg")
+    response["ETag"] = etag
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def _plain(text: str, status: int) -> HttpResponse:
+    return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")

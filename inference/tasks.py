@@ -5,7 +5,15 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from annotations.queues import DEFAULT_QUEUE, DRAFT_TASK, GPU_QUEUE, SWEEP_TASK, TMP_SWEEP_TASK
+from annotations.previews import preview_make
+from annotations.queues import (
+    DEFAULT_QUEUE,
+    DRAFT_TASK,
+    GPU_QUEUE,
+    PREVIEW_TASK,
+    SWEEP_TASK,
+    TMP_SWEEP_TASK,
+)
 from annotations.services import tasks_sweep_stuck, uploads_sweep_tmp
 from inference.services import drafts_run
 
@@ -38,3 +46,10 @@ def sweep_task() -> None:
 def sweep_tmp_task() -> None:
     """Delete the temporary files of interrupted uploads (celery beat, every hour)."""
     uploads_sweep_tmp(older_than_s=settings.MEDANNOT_TMP_MAX_AGE_SECONDS)
+
+
+@shared_task(name=PREVIEW_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
+def preview_task(image_id: int) -> None:
+    """Render an image's preview and first viewer tiles after import, on the CPU queue,
+    so that no page view waits for them (idempotent: what exists is kept)."""
+    preview_make(image_id=image_id)

@@ -12,7 +12,14 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from annotations.queues import DEFAULT_QUEUE, DRAFT_TASK, GPU_QUEUE, SWEEP_TASK, TMP_SWEEP_TASK
+from annotations.queues import (
+    DEFAULT_QUEUE,
+    DRAFT_TASK,
+    GPU_QUEUE,
+    PREVIEW_TASK,
+    SWEEP_TASK,
+    TMP_SWEEP_TASK,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,6 +202,21 @@ DATA_UPLOAD_MAX_NUMBER_FILES = None
 MEDANNOT_MAX_UPLOAD_FILES = envint("MEDANNOT_MAX_UPLOAD_FILES", "500")
 MEDANNOT_MAX_FILE_BYTES = envint("MEDANNOT_MAX_FILE_BYTES", str(20 * 1024**3))
 MEDANNOT_MAX_UPLOAD_BYTES = envint("MEDANNOT_MAX_UPLOAD_BYTES", str(40 * 1024**3))
+# A zip (a MIRAX slide, a DICOM series) is refused before unpacking when it holds more
+# entries, or declares more uncompressed bytes, than this: zip bombs write nothing.
+MEDANNOT_MAX_ZIP_ENTRIES = envint("MEDANNOT_MAX_ZIP_ENTRIES", "10000")
+MEDANNOT_MAX_ZIP_BYTES = envint("MEDANNOT_MAX_ZIP_BYTES", str(MEDANNOT_MAX_UPLOAD_BYTES))
+
+# The slide viewer (Deep Zoom). Tiles are JPEG at this quality; the token in tile URLs lives
+# this long; each web process keeps this many slides open, sharing an OpenSlide cache of
+# this many bytes; rendered tiles are kept on disk (MEDIA_ROOT/tiles) up to this many bytes.
+MEDANNOT_TILE_QUALITY = envint("MEDANNOT_TILE_QUALITY", "80")
+if not 1 <= MEDANNOT_TILE_QUALITY <= 95:
+    raise ImproperlyConfigured("MEDANNOT_TILE_QUALITY must be between 1 and 95")
+MEDANNOT_TILE_TOKEN_SECONDS = envint("MEDANNOT_TILE_TOKEN_SECONDS", str(12 * 3600))
+MEDANNOT_SLIDE_CACHE_HANDLES = max(1, envint("MEDANNOT_SLIDE_CACHE_HANDLES", "16"))
+MEDANNOT_SLIDE_CACHE_BYTES = envint("MEDANNOT_SLIDE_CACHE_BYTES", str(256 * 1024**2))
+MEDANNOT_TILE_CACHE_BYTES = envint("MEDANNOT_TILE_CACHE_BYTES", str(2 * 1024**3))
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
@@ -253,6 +275,7 @@ CELERY_TASK_ROUTES = {
     DRAFT_TASK: {"queue": GPU_QUEUE},
     SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     TMP_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
+    PREVIEW_TASK: {"queue": DEFAULT_QUEUE},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

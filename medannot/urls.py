@@ -27,6 +27,12 @@ urlpatterns = [
         views.draft_region,
         name="draft-region",
     ),
+    path("slides/<int:image_id>.dzi", views.slide_dzi, name="slide-dzi"),
+    path(
+        "slides/<int:image_id>_files/<int:level>/<int:col>_<int:row>.jpeg",
+        views.slide_tile,
+        name="slide-tile",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

@@ -7,6 +7,9 @@ fetched here, once, checked against the registry's integrity hash, and committed
     python scripts/vendor_static.py           # fetch the pinned versions, rewrite static/vendor/
     python scripts/vendor_static.py --check   # offline: files on disk match MANIFEST.json
 
+Libraries only the tests load (TEST_PINNED: axe-core for the accessibility check in the
+browser tests) go to tests/vendor/, with their own MANIFEST.json, so they are never served.
+
 To upgrade a library, change its version (and its integrity, printed by a run with
 "integrity": None) in PINNED below, run the script, and commit static/vendor/.
 
@@ -71,8 +74,23 @@ PINNED: dict[str, dict] = {
     },
 }
 
+# Loaded by the browser tests only (tests/vendor/, never collected as static files).
+TEST_PINNED: dict[str, dict] = {
+    "axe-core": {
+        "version": "4.14.1",
+        "integrity": (
+            "sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe"
+            "37OgudVGtQ=="
+        ),
+        "dest": "axe-core",
+        "files": {"axe.min.js": "axe.min.js", "LICENSE": "LICENSE"},
+        "dirs": {},
+    },
+}
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENDOR_DIR = REPO_ROOT / "static" / "vendor"
+DEFAULT_TEST_VENDOR_DIR = REPO_ROOT / "tests" / "vendor"
 MANIFEST_NAME = "MANIFEST.json"
 DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 NETWORK_TIMEOUT_S = 120
@@ -278,7 +296,8 @@ def extract_selected(data: bytes, spec: dict, dest_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------------- vendoring
 
 
-def vendor(vendor_dir: Path, use_npm: bool) -> dict:
+def vendor(vendor_dir: Path, use_npm: bool, pinned_packages: dict | None = None) -> dict:
+    pinned_packages = PINNED if pinned_packages is None else pinned_packages
     vendor_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict = {
         "generated_by": "scripts/vendor_static.py",
@@ -287,7 +306,7 @@ def vendor(vendor_dir: Path, use_npm: bool) -> dict:
     staged: list[tuple[Path, Path]] = []
     with tempfile.TemporaryDirectory(prefix="vendor-static-") as tmp:
         tmpdir = Path(tmp)
-        for name, spec in PINNED.items():
+        for name, spec in pinned_packages.items():
             version = spec["version"]
             print(f"fetching {name}@{version}")
             workdir = tmpdir / f"pack-{spec['dest']}"
@@ -334,8 +353,9 @@ def write_manifest(path: Path, manifest: dict) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
 
 
-def check(vendor_dir: Path) -> list[str]:
+def check(vendor_dir: Path, pinned_packages: dict | None = None) -> list[str]:
     """Problems with the vendored files (empty when they match MANIFEST.json). No network."""
+    pinned_packages = PINNED if pinned_packages is None else pinned_packages
     manifest_path = vendor_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return [f"{manifest_path} is missing: run `python scripts/vendor_static.py`"]
@@ -346,18 +366,18 @@ def check(vendor_dir: Path) -> list[str]:
         return [f"{manifest_path} is unreadable ({exc}): run `python scripts/vendor_static.py`"]
 
     problems = []
-    for name in sorted(set(PINNED) | set(packages)):
+    for name in sorted(set(pinned_packages) | set(packages)):
         if name not in packages:
             problems.append(f"{name}: pinned in the script but not in {MANIFEST_NAME}")
             continue
-        if name not in PINNED:
+        if name not in pinned_packages:
             problems.append(f"{name}: in {MANIFEST_NAME} but no longer pinned in the script")
             continue
         entry = packages[name]
-        if entry.get("version") != PINNED[name]["version"]:
+        if entry.get("version") != pinned_packages[name]["version"]:
             problems.append(
                 f"{name}: vendored version {entry.get('version')} but the script pins "
-                f"{PINNED[name]['version']}"
+                f"{pinned_packages[name]['version']}"
             )
         listed = entry.get("files") or {}
         if not listed:
@@ -399,14 +419,22 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where the files go (default: {DEFAULT_VENDOR_DIR.relative_to(REPO_ROOT)})",
     )
     parser.add_argument(
+        "--test-vendor-dir",
+        type=Path,
+        default=DEFAULT_TEST_VENDOR_DIR,
+        help="where the tests-only files go "
+        f"(default: {DEFAULT_TEST_VENDOR_DIR.relative_to(REPO_ROOT)})",
+    )
+    parser.add_argument(
         "--no-npm",
         action="store_true",
         help="download the tarballs with urllib from $NPM_CONFIG_REGISTRY instead of npm pack",
     )
     args = parser.parse_args(argv)
+    targets = [(args.vendor_dir, PINNED), (args.test_vendor_dir, TEST_PINNED)]
 
     if args.check:
-        problems = check(args.vendor_dir)
+        problems = [p for vendor_dir, pinned in targets for p in check(vendor_dir, pinned)]
         if problems:
             print(f"vendored static files do not match {MANIFEST_NAME}:", file=sys.stderr)
             for problem in problems:
@@ -418,18 +446,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         count = sum(
             len(p["files"])
-            for p in json.loads((args.vendor_dir / MANIFEST_NAME).read_text())["packages"].values()
+            for vendor_dir, _ in targets
+            for p in json.loads((vendor_dir / MANIFEST_NAME).read_text())["packages"].values()
         )
         print(f"OK: {count} vendored files match {MANIFEST_NAME}")
         return 0
 
-    try:
-        manifest = vendor(args.vendor_dir, use_npm=not args.no_npm)
-    except VendorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    versions = ", ".join(f"{n}@{p['version']}" for n, p in manifest["packages"].items())
-    print(f"vendored {versions} into {args.vendor_dir}")
+    for vendor_dir, pinned in targets:
+        try:
+            manifest = vendor(vendor_dir, use_npm=not args.no_npm, pinned_packages=pinned)
+        except VendorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        versions = ", ".join(f"{n}@{p['version']}" for n, p in manifest["packages"].items())
+        print(f"vendored {versions} into {vendor_dir}")
     return 0
 
 

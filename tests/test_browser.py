@@ -2,13 +2,16 @@
 decisions swap in through htmx under the strict CSP, without a page reload."""
 
 import os
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
 
 from annotations import services
-from annotations.models import Label, Modality, Role
+from annotations.models import Draft, Label, Modality, Role
+from imaging import samples
 from tests.factories import record_draft
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -122,4 +125,192 @@ def test_errors_are_shown_and_nothing_typed_is_lost(
     page.wait_for_selector("text=Saved: Edited")
     assert page.is_hidden("#connection-problem")
     assert Label.objects.get(task=task).text == "Junctional naevus."
+    page.close()
+
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
+TILE_LEVEL = re.compile(r"_files/(\d+)/")
+MODEL_REGIONS = [
+    dict(
+        x=256, y=256, width=512, height=512, level=0, read_size=512, size=512, mpp=0.25, tissue=0.9
+    ),
+    dict(
+        x=1280, y=768, width=512, height=512, level=0, read_size=512, size=512, mpp=0.25, tissue=0.8
+    ),
+]
+
+
+def run_axe(page) -> list[dict]:
+    """axe-core's WCAG 2 A/AA violations on the page. The source runs as the body of a
+    function Playwright evaluates, which the page's CSP does not govern (an added script
+    tag would be refused)."""
+    source = AXE.read_text(encoding="utf-8")
+    page.evaluate("() => {\n" + source + "\n; window.axe = axe; }")
+    result = page.evaluate(
+        """() => axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']}).then(r => ({
+            passes: r.passes.length,
+            violations: r.violations.map(v => ({
+                id: v.id, help: v.help, nodes: v.nodes.slice(0, 5).map(n => n.target.join(' '))
+            })),
+        }))"""
+    )
+    assert result["passes"] > 10, result  # axe ran its rules
+    return result["violations"]
+
+
+def centre(page, selector) -> tuple[float, float]:
+    box = page.locator(selector).bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def test_the_slide_viewer_zooms_shows_the_models_patches_and_takes_region_pointers(
+    browser, live_server, django_user_model, tmp_path
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Slides", modality=Modality.PATHOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    path = samples.write_synthetic_slide(tmp_path / "big.tiff", width=2048, height=1536, seed=7)
+    task = drafted(project, path, "Invasive ductal carcinoma.")
+    Draft.objects.filter(task=task).update(regions=MODEL_REGIONS)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems, errors, tiles, decides = [], [], [], []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def seen(request):
+        if m := TILE_LEVEL.search(request.url):
+            tiles.append(int(m.group(1)))
+        if "/decide/" in request.url:
+            decides.append(request.url)
+
+    page.on("request", seen)
+    page.goto(live_server.url + reverse("login"))
+    page.fill("#id_username", "paul")
+    page.fill("#id_password", "secret-pw-1")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + reverse("task-detail", args=[task.pk]))
+    page.wait_for_function(
+        "() => { const v = window.medannotViewer; return v && v.world.getItemCount() > 0"
+        " && v.world.getItemAt(0).getFullyLoaded(); }"
+    )
+    assert tiles, "the viewer loaded no Deep Zoom tiles"
+    first_levels = max(tiles)
+    zoom = "() => window.medannotViewer.viewport.getZoom()"
+    home = page.evaluate(zoom)
+
+    # The model's patches: outlined, m hides and shows them, a click flies to one.
+    overlays = page.locator(".model-region")
+    assert overlays.count() == 2 and overlays.first.is_visible()
+    page.focus("#viewer-canvas")
+    page.keyboard.press("m")
+    assert overlays.first.is_hidden() and overlays.nth(1).is_hidden()
+    page.keyboard.press("m")
+    assert overlays.first.is_visible()
+    overlays.first.click()
+    page.wait_for_function(f"() => ({zoom})() > {home} * 1.3")
+    page.keyboard.press("0")  # back to the whole slide
+    page.wait_for_function(f"() => Math.abs(({zoom})() - {home}) < {home} * 0.01")
+
+    # Keyboard zoom in the viewer asks for more detailed tiles; the viewer's keys (a pans
+    # left there) never reach the review shortcuts (a would accept).
+    page.focus("#viewer-canvas")
+    page.keyboard.down("+")  # OpenSeadragon zooms while the key is held
+    page.wait_for_function(f"() => ({zoom})() > {home} * 3")
+    page.keyboard.up("+")
+    page.keyboard.press("a")
+    page.wait_for_function("() => window.medannotViewer.world.getItemAt(0).getFullyLoaded()")
+    assert max(tiles) > first_levels, (first_levels, sorted(set(tiles)))
+    assert not decides and not Label.objects.exists()
+    assert page.locator(".scalebar-text").inner_text().endswith("µm")
+
+    # Keys typed into a field stay there: the viewer does not zoom.
+    before = page.evaluate(zoom)
+    page.click("#id_text")
+    page.keyboard.press("End")
+    page.keyboard.type(" +-0wm")
+    assert page.input_value("#id_text").endswith(" +-0wm")
+    assert page.evaluate(zoom) == before
+    assert "hide-model-regions" not in (page.get_attribute("#viewer", "class") or "")
+    page.keyboard.press("0")  # still typed, not handled
+    page.fill("#id_text", "Invasive ductal carcinoma.")
+
+    # Draw a rectangle and a polygon, with notes, and save them with the decision.
+    page.focus("#viewer-canvas")
+    page.keyboard.press("0")
+    page.wait_for_function(f"() => Math.abs(({zoom})() - {home}) < {home} * 0.01")
+    page.click("#draw-rectangle")
+    cx, cy = centre(page, "#viewer-canvas")  # after the click: the page may have scrolled
+    page.mouse.move(cx - 150, cy - 100)
+    page.mouse.down()
+    page.mouse.move(cx - 20, cy, steps=6)
+    page.mouse.up()
+    page.wait_for_selector("#pointer-note-1")
+    assert page.evaluate("document.activeElement.id") == "pointer-note-1"
+    page.keyboard.type("missed finding here")  # a, e, r, n typed here decide nothing
+    page.click("#draw-polygon")
+    cx, cy = centre(page, "#viewer-canvas")
+    for dx, dy in [(40, 40), (160, 60), (100, 160)]:
+        page.mouse.click(cx + dx, cy + dy)
+    page.keyboard.press("Enter")
+    page.fill("#pointer-note-2", "this is not tumour")
+    assert page.locator(".pointer").count() == 2
+    page.click("#accept")
+    page.wait_for_selector("text=Saved: Accepted")
+    label = Label.objects.get(task=task)
+    assert label.decision == "accepted"
+    kinds_notes = [(f["properties"]["kind"], f["properties"]["note"]) for f in label.regions]
+    assert kinds_notes == [("rectangle", "missed finding here"), ("polygon", "this is not tumour")]
+    rect = label.regions[0]["geometry"]["coordinates"][0]
+    assert len(rect) == 5 and rect[0] == rect[-1]
+    assert all(0 <= x <= 2048 and 0 <= y <= 1536 for x, y in rect)
+    assert len(label.regions[1]["geometry"]["coordinates"][0]) == 4
+
+    # Reopened, the pointers come back: drawn on the slide and listed as text.
+    page.reload()
+    page.wait_for_selector("#pointer-note-2")
+    assert page.input_value("#pointer-note-1") == "missed finding here"
+    page.wait_for_function("() => document.querySelectorAll('.pointer').length === 2")
+
+    if shots := os.environ.get("MEDANNOT_SCREENSHOTS"):  # for a person to look at
+        page.screenshot(path=f"{shots}/viewer.png")
+    violations = run_axe(page)
+    assert not violations, violations
+    csp = [p for p in problems if "Content Security Policy" in p or "Refused" in p]
+    assert not csp, csp
+    assert not errors, errors
+    page.close()
+
+
+def test_without_tiles_the_viewer_shows_the_preview_and_goes_full_page(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Slides", modality=Modality.PATHOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    task = drafted(project, sample_files["slide"], "Invasive ductal carcinoma.")
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    csp = []
+    page.on("console", lambda m: csp.append(m.text) if "Content Security" in m.text else None)
+    page.route("**/*.dzi*", lambda route: route.fulfill(status=503, body="tiles unavailable"))
+    page.goto(live_server.url + reverse("login"))
+    page.fill("#id_username", "paul")
+    page.fill("#id_password", "secret-pw-1")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + reverse("task-detail", args=[task.pk]))
+    page.wait_for_function(
+        "() => { const v = window.medannotViewer; return v && v.world.getItemCount() > 0"
+        " && v.world.getItemAt(0).getFullyLoaded(); }"
+    )
+    source = page.evaluate("window.medannotViewer.world.getItemAt(0).source.url || ''")
+    assert source.endswith(reverse("task-preview", args=[task.pk]))
+    page.click("[title='Toggle full page']")
+    page.wait_for_function("() => window.medannotViewer.isFullPage()")
+    page.keyboard.press("Escape")  # OpenSeadragon leaves full page on Esc... or the button does
+    if page.evaluate("window.medannotViewer.isFullPage()"):
+        page.click("[title='Toggle full page']")
+    page.wait_for_function("() => !window.medannotViewer.isFullPage()")
+    assert not csp, csp
     page.close()

@@ -16,10 +16,11 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.http import Http404
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from annotations import services
-from annotations.access import is_site_admin, projects_for_user
+from annotations import services, tiles
+from annotations.access import image_for_user, is_site_admin, projects_for_user
 from annotations.models import Membership, Role, Task, TaskState
 from imaging.patches import PatchSettings, plan_patches
 from tests.factories import draft_fields, make_drafted_task, make_task
@@ -53,6 +54,9 @@ MATRIX = {
     "task-redraft":         (302,  302,  404,  403,  404,  403,  404,  302),
     "task-preview":         (200,  200,  404,  200,  404,  200,  404,  302),
     "draft-region":         (200,  200,  404,  200,  404,  200,  404,  302),
+    "slide-dzi":            (200,  200,  404,  200,  404,  200,  404,  302),
+    # tiles need no login but a token that only those who may see the image can get
+    "slide-tile":           (200,  200,  403,  200,  403,  200,  403,  403),
 }
 # fmt: on
 
@@ -60,7 +64,7 @@ MATRIX = {
 PUBLIC = {"login", "logout", "healthz"}
 SKIPPED_NAMESPACES = {"admin"}
 
-JPEG_VIEWS = {"task-preview", "draft-region"}
+JPEG_VIEWS = {"task-preview", "draft-region", "slide-tile"}
 
 
 def _named_patterns(resolver: URLResolver | None = None) -> list[tuple[str, str | None]]:
@@ -125,7 +129,7 @@ def scene(people, sample_files) -> Scene:
     return Scene(task=task, failed=make_task(people.project, state=TaskState.FAILED))
 
 
-def _request(client, name: str, scene: Scene):
+def _request(client, name: str, scene: Scene, user=None):
     task, project_id = scene.task, scene.task.project_id
     match name:
         case "project-list":
@@ -145,6 +149,16 @@ def _request(client, name: str, scene: Scene):
             return client.post(reverse(name, args=[task.pk]))
         case "draft-region":
             return client.get(reverse(name, args=[scene.draft.pk, 0]))
+        case "slide-dzi":
+            return client.get(reverse(name, args=[task.image_id]))
+        case "slide-tile":
+            # the page mints a token for those who may see the image; others have none to send
+            url = reverse(name, args=[task.image_id, 0, 0, 0])
+            try:
+                image = image_for_user(user, task.image_id) if user else None
+            except Http404:
+                image = None
+            return client.get(f"{url}?t={tiles.mint_token(image, user)}" if image else url)
     raise AssertionError(f"no request for {name!r}: add one beside its MATRIX row")
 
 
@@ -156,7 +170,8 @@ def _user(people, persona):
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_the_permission_matrix(people, scene, client_for, name, persona):
     expected = MATRIX[name][PERSONAS.index(persona)]
-    response = _request(client_for(_user(people, persona)), name, scene)
+    user = _user(people, persona)
+    response = _request(client_for(user), name, scene, user)
     assert response.status_code < 500
     assert response.status_code == expected, (name, persona, response.status_code)
     if response.status_code == 302:
@@ -164,7 +179,8 @@ def test_the_permission_matrix(people, scene, client_for, name, persona):
         assert to_login == (persona == "anonymous"), response["Location"]
     if expected == 200 and name in JPEG_VIEWS:
         assert response["Content-Type"] == "image/jpeg"
-        assert b"".join(response.streaming_content).startswith(b"\xff\xd8")
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert body.startswith(b"\xff\xd8")
 
 
 def test_the_public_urls_need_no_login(people, client_for):

@@ -44,7 +44,7 @@ def test_it_keeps_the_good_files_and_rejects_the_bad(
         assert name in body
     assert Task.objects.filter(project=people.project).count() == 2
     assert Image.objects.count() == 2
-    assert len(callbacks) == 2  # two drafts queued, after commit
+    assert len(callbacks) == 4  # per new image its preview and its draft, after commit
     # Only the two stored images are on disk: nothing half-written, no temporary leftovers.
     stored = files_on_disk()
     assert len(stored) == 2 and all("images" in p.parts for p in stored)

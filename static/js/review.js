@@ -1,19 +1,27 @@
 // Keyboard flow on the review page: a accept, e edit, r reject reason, n next task,
-// Ctrl+Enter saves the edit. Keys are ignored while typing in a field (except Ctrl+Enter).
+// Ctrl+Enter saves the edit. Keys are ignored while typing in a field (except Ctrl+Enter)
+// and while the slide viewer has focus: there they are the viewer's (a pans left there).
 (function () {
   "use strict";
   function typing(el) {
-    return el && (el.tagName === "TEXTAREA" || el.tagName === "INPUT" || el.isContentEditable);
+    return el && (el.tagName === "TEXTAREA" || el.tagName === "INPUT" ||
+      el.tagName === "SELECT" || el.isContentEditable);
+  }
+  function inViewer(el) {
+    return !!(el && el.closest && el.closest("#viewer"));
   }
   document.addEventListener("keydown", function (event) {
     var form = document.getElementById("decision-form");
+    if (inViewer(event.target)) {
+      return;
+    }
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && form) {
       event.preventDefault();
       var target = document.activeElement && document.activeElement.id === "id_reason" ? "reject" : "save-edit";
       document.getElementById(target).click();
       return;
     }
-    if (typing(document.activeElement) || event.ctrlKey || event.metaKey || event.altKey) {
+    if (typing(event.target) || typing(document.activeElement) || event.ctrlKey || event.metaKey || event.altKey) {
       return;
     }
     if (event.key === "a" && form) {

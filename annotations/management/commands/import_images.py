@@ -6,18 +6,31 @@ from annotations import manifests, services
 from annotations.models import Project
 
 
-def iter_files(paths: list[str]):
-    """Files named, and files below folders named, in a stable order; hidden files skipped."""
+def _folder_files(folder: Path, prefix: str):
+    for child in sorted(folder.rglob("*")):
+        rel = child.relative_to(folder)
+        if child.is_file() and not any(p.startswith(".") for p in rel.parts):
+            yield f"{prefix}{rel.as_posix()}", child
+
+
+def iter_named_files(paths: list[str]):
+    """(name, path) of the files named and below the folders named, in a stable order.
+
+    Names are what grouping sees: a file's own name, or a path that starts with the
+    folder's name (a MIRAX ``slide.mrxs`` and ``slide/Slidedat.ini`` stay together). A
+    ``.mrxs`` named alone brings the folder of the same name beside it.
+    """
+    folders = {Path(raw).resolve() for raw in paths if Path(raw).is_dir()}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(
-                    p.startswith(".") for p in child.relative_to(path).parts
-                ):
-                    yield child
-        else:
-            yield path
+            yield from _folder_files(path, f"{path.resolve().name}/")
+            continue
+        yield path.name, path
+        companion = path.with_suffix("")
+        if path.suffix.lower() == ".mrxs" and companion.is_dir():
+            if companion.resolve() not in folders:  # not named as well
+                yield from _folder_files(companion, f"{companion.name}/")
 
 
 class Command(BaseCommand):
@@ -49,19 +62,25 @@ class Command(BaseCommand):
             if problem.field != "file" and problem.file:
                 refused_rows[problem.file] = refused_rows[Path(problem.file).name] = problem
         counts = {"imported": 0, "duplicate": 0, "rejected": 0}
-        for path in iter_files(paths):
-            if not path.exists():
-                result = services.IngestResult(str(path), "rejected", "no such file")
-            else:
-                result = services.image_ingest(
-                    project=target,
-                    source=path,
-                    original_name=path.name,
-                    enqueue=not no_draft,
-                    metadata=rows.fields_for(path),
-                )
+        files = list(iter_named_files(paths))
+        results = [
+            services.IngestResult(str(path), "rejected", "no such file", source=path)
+            for _, path in files
+            if not path.exists()
+        ]
+        # Grouped: the files of a DICOM series or a MIRAX slide become one image.
+        results += services.images_ingest(
+            project=target,
+            files=[(name, path) for name, path in files if path.exists()],
+            enqueue=not no_draft,
+            metadata_for=rows.fields_for,
+        )
+        for result in results:
+            path = result.source or Path(result.name)
             counts[result.status] += 1
             line = f"{result.status:9} {path}"
+            if result.source is not None and result.name != result.source.name:
+                line += f" [{result.name}]"
             if result.task is not None:
                 line += f" (task {result.task.pk})"
             if result.message:
