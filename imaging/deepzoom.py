@@ -621,7 +621,8 @@ class TileStore:
     through a temporary file and a rename, so a reader never sees half a tile. The total is
     tracked in-process and the folder is scanned only on the first write, every
     `scan_every` writes, and when the tracked total passes the limit; a scan over the limit
-    deletes the oldest tiles (by mtime) down to 90 % of it.
+    deletes the oldest tiles (by mtime) down to 90 % of it. `write_later` hands a tile to
+    one writer thread, so a request answers without waiting for the file system.
     """
 
     def __init__(
@@ -772,8 +773,3 @@ class TileStore:
             return total
         finally:
             self._sweeping.release()
-
-
-def tiles_in(generator: DeepZoomGenerator) -> int:
-    """How many tiles the whole pyramid has (for benchmarks and logs)."""
-    return sum(c * r for c, r in generator.level_tiles)
