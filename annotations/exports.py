@@ -9,6 +9,7 @@ from typing import IO, Any
 from annotations.models import Label, Project
 from annotations.notice import AI_NOTICE
 from annotations.regions import feature_collection
+from imaging.inspect import reviewer_properties
 
 
 def label_rows(project: Project) -> Iterator[dict[str, Any]]:
@@ -24,6 +25,8 @@ def label_rows(project: Project) -> Iterator[dict[str, Any]]:
             "image_file_name": image.original_name,
             "image_sha256": image.sha256,
             "image_format": image.format,
+            # Allowlisted properties only: free-text slide properties can carry identifiers.
+            "image_properties": reviewer_properties(image),
             "decision": label.decision,
             "final_text": label.text,
             "reason": label.reason,

@@ -29,6 +29,12 @@ def _media() -> Path:
     return Path(settings.MEDIA_ROOT)
 
 
+def image_file_present(image: Image) -> bool:
+    """Whether the stored file of `image` is still there (one stat: a lost disk shows up
+    as a message on the review page, not as a broken viewer)."""
+    return (_media() / image.file).exists()
+
+
 def preview_file(image: Image) -> Path:
     """The preview of `image`, rendered on first use. Raises ImageRejected."""
     path = _media() / "previews" / image.sha256[:2] / f"{image.sha256}.jpg"

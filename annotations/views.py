@@ -278,6 +278,8 @@ def _review_context(request: HttpRequest, task, form: DecisionForm | None = None
         "task": task,
         "project": task.project,
         "image": task.image,
+        "image_properties": imaging.inspect.reviewer_properties(task.image),
+        "image_present": previews.image_file_present(task.image),
         "dzi_url": tiles.dzi_url(task.image, request.user),
         "form": form,
         "may": _may(request.user, task.project),

@@ -113,9 +113,7 @@ def reviewer_properties(image: object) -> dict:
     nothing else a slide file says about itself is ever shown or exported.
     """
     props = {name: getattr(image, name, None) for name in ALLOWED_PROPERTIES}
-    props["level_dimensions"] = [
-        [int(w), int(h)] for w, h in (props["level_dimensions"] or ())
-    ]
+    props["level_dimensions"] = [[int(w), int(h)] for w, h in (props["level_dimensions"] or ())]
     props["vendor"] = props["vendor"] or ""
     return props
 

@@ -225,6 +225,7 @@ def test_the_export_carries_only_allowlisted_properties(people, scene):
         for value in json.loads(line).values():
             if isinstance(value, dict) and "vendor" in value:  # a properties dict
                 assert set(value) <= set(ALLOWED_PROPERTIES)
+        assert set(json.loads(line)["image_properties"]) == set(ALLOWED_PROPERTIES)
 
 
 def test_the_model_sees_no_label_or_macro(scene):

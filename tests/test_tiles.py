@@ -484,3 +484,55 @@ def test_the_preview_task_survives_an_unreadable_image(people, sample_files):
     assert previews.preview_make(image_id=task.image_id) is False
     assert previews.preview_make(image_id=10**9) is False
     preview_task(task.image_id)  # logs, never raises
+
+
+# --------------------------------------------------------------------------- every format
+
+
+@pytest.fixture
+def format_task(request, people, sample_files, tmp_path):
+    """A task of each kind the viewer serves: generic TIFF, Aperio SVS, a DICOM series."""
+    if request.param == "dicom":
+        paths = samples.write_dicom_series(tmp_path / "series", seed=7, label=True)
+        (result,) = services.images_ingest(
+            project=people.project, files=[(p.name, p) for p in paths], enqueue=False
+        )
+        assert result.status == "imported", result.message
+        return result.task
+    return _ingest(people.project, sample_files[request.param])
+
+
+@pytest.mark.parametrize("format_task", ["slide", "svs", "dicom"], indirect=True)
+def test_each_format_has_its_levels_and_tiles_at_every_level(people, client_for, format_task):
+    image = format_task.image
+    client = client_for(people.pathologist)
+    dzi_url = tiles.dzi_url(image, people.pathologist)
+    root = ET.fromstring(client.get(dzi_url).content)
+    generator, slide = _generator(Path(settings.MEDIA_ROOT) / image.file)
+    size = root.find(f"{DZ}Size")
+    assert (int(size.get("Width")), int(size.get("Height"))) == generator.level_dimensions[-1]
+    assert image.levels == slide.level_count >= 2
+    assert [tuple(d) for d in image.level_dimensions] == list(slide.level_dimensions)
+    token = _token(dzi_url)
+    for level in range(generator.level_count):
+        cols, rows = generator.level_tiles[level]
+        response = client.get(_tile_url(image.pk, level, cols - 1, rows - 1, token))
+        assert response.status_code == 200, (level, response.content[:200])
+        assert _decode(response).size == generator.get_tile(level, (cols - 1, rows - 1)).size
+        assert client.get(_tile_url(image.pk, level, cols, 0, token)).status_code == 404
+    assert client.get(_tile_url(image.pk, generator.level_count, 0, 0, token)).status_code == 404
+    other = client_for(people.other_pathologist)
+    assert other.get(reverse("slide-dzi", args=[image.pk])).status_code == 404
+    slide.close()
+
+
+def test_the_review_page_says_when_the_stored_file_is_lost(people, client_for, slide_task):
+    (Path(settings.MEDIA_ROOT) / slide_task.image.file).unlink()
+    response = client_for(people.pathologist).get(reverse("task-detail", args=[slide_task.pk]))
+    assert response.status_code == 200
+    assert "The stored file of this image cannot be read" in response.content.decode()
+
+
+def test_the_review_page_shows_allowlisted_slide_properties(people, client_for, slide_task):
+    body = client_for(people.pathologist).get(reverse("task-detail", args=[slide_task.pk]))
+    assert "× objective" in body.content.decode() and "aperio" in body.content.decode()
