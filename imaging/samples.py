@@ -2,9 +2,9 @@
 
 Everything here is generated from a seed with numpy, so the same call always
 writes the same pixels. The slides are real pyramids that OpenSlide opens
-natively (generic tiled TIFF, or Aperio-style SVS with thumbnail, label and
-macro pages); the photos are plain JPEG/PNG files with optional EXIF
-orientation.
+natively (generic tiled TIFF, Aperio-style SVS with thumbnail, label and
+macro pages, a DICOM WSI series, a MIRAX .mrxs with its data folder); the
+photos are plain JPEG/PNG files with optional EXIF orientation.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "write_corrupt_slide",
     "write_derm_photo",
     "write_dicom_series",
+    "write_mirax",
     "write_poison_tiff",
     "write_synthetic_slide",
     "write_truncated_jpeg",
@@ -604,3 +605,173 @@ def write_dicom_series(
             )
         )
     return paths
+
+
+# --------------------------------------------------------------------------- MIRAX
+
+_MIRAX_INDEX_VERSION = b"01.02"
+_MIRAX_POSITION_RECORD = struct.Struct("<Bii")  # flag, x, y: one camera position
+
+
+def _mirax_slidedat(
+    *, slide_id: str, tiles_x: int, tiles_y: int, tile: int, levels: int, mpp: float
+) -> str:
+    """Slidedat.ini: one "Slide zoom level" hierarchy (one value per level), the position
+    buffer as the only nonhierarchical layer, one data file."""
+    general = {
+        "SLIDE_VERSION": "01.02",
+        "SLIDE_ID": slide_id,
+        "SLIDE_NAME": "synthetic",
+        "IMAGENUMBER_X": tiles_x,
+        "IMAGENUMBER_Y": tiles_y,
+        "OBJECTIVE_MAGNIFICATION": round(10 / mpp),
+        "CameraImageDivisionsPerSide": 1,
+    }
+    hier: dict[str, object] = {
+        "HIER_COUNT": 1,
+        "NONHIER_COUNT": 1,
+        "INDEXFILE": "Index.dat",
+        "HIER_0_NAME": "Slide zoom level",
+        "HIER_0_COUNT": levels,
+    }
+    for n in range(levels):
+        hier[f"HIER_0_VAL_{n}"] = f"ZoomLevel_{n}"
+        hier[f"HIER_0_VAL_{n}_SECTION"] = f"LAYER_0_LEVEL_{n}_SECTION"
+    hier |= {
+        "NONHIER_0_NAME": "VIMSLIDE_POSITION_BUFFER",
+        "NONHIER_0_COUNT": 1,
+        "NONHIER_0_VAL_0": "default",
+        "NONHIER_0_VAL_0_SECTION": "NONHIER_0_VAL_0_SECTION",
+    }
+    sections: dict[str, dict[str, object]] = {"GENERAL": general, "HIERARCHICAL": hier}
+    for n in range(levels):
+        sections[f"LAYER_0_LEVEL_{n}_SECTION"] = {
+            "OVERLAP_X": 0,
+            "OVERLAP_Y": 0,
+            "MICROMETER_PER_PIXEL_X": f"{mpp * 2**n:.6f}",
+            "MICROMETER_PER_PIXEL_Y": f"{mpp * 2**n:.6f}",
+            "IMAGE_FORMAT": "JPEG",
+            "IMAGE_QUALITY": 85,
+            "IMAGE_FILL_COLOR_BGR": 0xFFFFFF,
+            "DIGITIZER_WIDTH": tile,
+            "DIGITIZER_HEIGHT": tile,
+            # log2 of how many images of the level above make one image of this level
+            "IMAGE_CONCAT_FACTOR": 0 if n == 0 else 1,
+        }
+    sections["NONHIER_0_VAL_0_SECTION"] = {}
+    sections["DATAFILE"] = {"FILE_COUNT": 1, "FILE_0": "Data0000.dat"}
+    lines = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in keys.items())
+        lines.append("")
+    return "\r\n".join(lines)
+
+
+def _mirax_index(
+    slide_id: str, levels: list[list[tuple[int, int, int]]], position: tuple[int, int]
+) -> bytes:
+    """Index.dat: version and slide id, then the two root pointers (hierarchical and
+    nonhierarchical). Each hierarchical record (one per zoom level) is a list head
+    (0, first page) whose one page holds (image index, offset, length, file number)
+    entries; the nonhierarchical record (the position buffer) is a page of one
+    (0, 0, offset, length, file number) entry. All integers are little-endian int32."""
+    head = _MIRAX_INDEX_VERSION + slide_id.encode("ascii")
+    out = bytearray(head)
+    out += b"\0" * 8  # hier root pointer, nonhier root pointer: patched below
+
+    def here() -> int:
+        return len(out)
+
+    def i32(*values: int) -> bytes:
+        return struct.pack(f"<{len(values)}i", *values)
+
+    # hierarchical: a table of one pointer per level, each to a list head, then its page
+    hier_table = here()
+    out += b"\0" * (4 * len(levels))
+    for n, entries in enumerate(levels):
+        record = here()
+        out[hier_table + 4 * n : hier_table + 4 * n + 4] = i32(record)
+        out += i32(0, record + 8)
+        out += i32(len(entries), 0)  # entry count, next page (none)
+        for index, offset, length in entries:
+            out += i32(index, offset, length, 0)
+    # nonhierarchical: a table of one pointer per record, then the record's head and page
+    nonhier_table = here()
+    record = nonhier_table + 4
+    out += i32(record)
+    out += i32(0, record + 8)
+    out += i32(1, 0, 0, 0, position[0], position[1], 0)
+    root = len(head)
+    out[root : root + 8] = i32(hier_table, nonhier_table)
+    return bytes(out)
+
+
+def write_mirax(
+    folder: Path,
+    *,
+    tiles_x: int = 4,
+    tiles_y: int = 3,
+    tile: int = 256,
+    levels: int = 3,
+    seed: int = 0,
+    mpp: float = 0.25,
+    name: str = "slide",
+) -> Path:
+    """Write a small MIRAX slide that OpenSlide opens natively: ``folder/<name>.mrxs`` and
+    the folder ``folder/<name>/`` with ``Slidedat.ini``, ``Index.dat`` and ``Data0000.dat``.
+
+    Level 0 is `tiles_x` × `tiles_y` JPEG camera images of `tile`² pixels placed edge to
+    edge (no overlap, one image per camera position); each further level halves the
+    previous one, one image of it covering 2 × 2 images of the level above (padded with
+    white at the edges). The position buffer (VIMSLIDE_POSITION_BUFFER) gives each camera
+    image's level-0 position. Deterministic: the same arguments write the same bytes.
+    Returns the path of the .mrxs.
+    """
+    if levels < 1 or tiles_x < 1 or tiles_y < 1 or tile < 16:
+        raise ValueError("a MIRAX slide needs at least one level and one tile of 16 px")
+    folder = Path(folder)
+    data_dir = folder / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = tiles_x * tile, tiles_y * tile
+    level_img = Image.fromarray(_he_pixels(rng, width, height, mpp))
+    slide_id = f"{rng.integers(0, 2**63):016x}-{seed:04d}-synthetic-mirax"
+
+    data = bytearray()
+    index_levels: list[list[tuple[int, int, int]]] = []
+    for n in range(levels):
+        if n:
+            level_img = level_img.reduce(2)
+        concat = 2**n  # level-0 images per image of this level, in each direction
+        entries = []
+        for y in range(0, tiles_y, concat):
+            for x in range(0, tiles_x, concat):
+                # the image at level-0 image (x, y) starts at pixel (x, y) * tile / concat here
+                left, top = x * tile // concat, y * tile // concat
+                right = min(left + tile, level_img.width)
+                bottom = min(top + tile, level_img.height)
+                canvas = Image.new("RGB", (tile, tile), (255, 255, 255))  # glass past the edge
+                canvas.paste(level_img.crop((left, top, right, bottom)), (0, 0))
+                jpeg = _jpeg(np.asarray(canvas), quality=85)
+                entries.append((y * tiles_x + x, len(data), len(jpeg)))
+                data += jpeg
+        index_levels.append(entries)
+    positions = b"".join(
+        _MIRAX_POSITION_RECORD.pack(1, x * tile, y * tile)
+        for y in range(tiles_y)
+        for x in range(tiles_x)
+    )
+    position = (len(data), len(positions))
+    data += positions
+
+    (data_dir / "Data0000.dat").write_bytes(bytes(data))
+    (data_dir / "Index.dat").write_bytes(_mirax_index(slide_id, index_levels, position))
+    ini = _mirax_slidedat(
+        slide_id=slide_id, tiles_x=tiles_x, tiles_y=tiles_y, tile=tile, levels=levels, mpp=mpp
+    )
+    (data_dir / "Slidedat.ini").write_text(ini, encoding="ascii", newline="")
+    mrxs = folder / f"{name}.mrxs"
+    # OpenSlide only checks the name; a real .mrxs is a small, opaque viewer stub
+    mrxs.write_bytes(b"MIRAX synthetic slide\r\n" + slide_id.encode("ascii") + b"\r\n")
+    return mrxs
