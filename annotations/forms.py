@@ -37,6 +37,11 @@ class UploadForm(forms.Form):
 class DecisionForm(forms.Form):
     decision = forms.ChoiceField(choices=Decision.choices)
     draft_id = forms.IntegerField(widget=forms.HiddenInput)
+    # The label's revision the decision was made on (0: no label yet). Missing counts as 0,
+    # so a post without it can make a first decision but never overwrite one.
+    label_revision = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    # This form instance's id: the same form posted twice is one decision.
+    client_id = forms.UUIDField(required=False, widget=forms.HiddenInput)
     text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 10}))
     reason = forms.CharField(required=False, max_length=2000)
     # Region pointers drawn on the viewer (JSON GeoJSON Features, level-0 pixels): filled
@@ -46,6 +51,9 @@ class DecisionForm(forms.Form):
     def __init__(self, *args, image_size: tuple[int, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_size = image_size
+
+    def clean_label_revision(self) -> int:
+        return self.cleaned_data.get("label_revision") or 0
 
     def clean_regions(self) -> list[dict]:
         width, height = self.image_size or (None, None)

@@ -279,6 +279,12 @@ class Label(models.Model):
     # pixel coordinates (QuPath's and the Digital Slide Archive's convention), each with a
     # short note in properties.note.
     regions = models.JSONField(default=list, blank=True)
+    # Optimistic concurrency: a decision names the revision it was made on, so a second tab
+    # or a page from the Back button cannot overwrite a newer decision unseen.
+    revision = models.PositiveIntegerField(default=1)
+    # The decision form instance that last wrote the label: the same form posted again (a
+    # double click, a retried request) changes nothing.
+    client_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -67,7 +68,17 @@ class InvalidTransition(Exception):
 
 
 class ReviewConflict(Exception):
-    """The draft a reviewer judged is no longer the task's current draft."""
+    """A decision made on stale state: the draft the reviewer judged was replaced, or their
+    label changed since the form was shown (another tab, the Back button)."""
+
+
+NEWER_DRAFT = (
+    "A newer draft replaced the one you judged: here it is. Your text is kept below to reuse."
+)
+LABEL_CHANGED = (
+    "You decided this task again elsewhere (another tab, or the Back button): here is what is "
+    "saved now. Your text is kept below to reuse."
+)
 
 
 def audit_record(
@@ -462,7 +473,8 @@ def _unit_ingest(
     result = _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata or {})
     if result.ok and unit.left_out:
         result = replace(result, message="; ".join(filter(None, [result.message, LEFT_OUT_NOTE])))
-    return replace(result, source=source)
+    # the unit's name as shown (with its zip's name), not the .mrxs name the image keeps
+    return replace(result, name=name, source=source)
 
 
 def _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata) -> IngestResult:
@@ -589,13 +601,19 @@ def label_record(
     text: str = "",
     reason: str = "",
     regions: list[dict] | None = None,
+    label_revision: int = 0,
+    client_id: uuid.UUID | None = None,
 ) -> Label:
     """Record (or revise) `reviewer`'s decision on the draft they saw.
 
     Accept keeps the draft text; edit stores the reviewer's text; reject needs a reason.
     `regions`: the reviewer's region pointers (GeoJSON Features, level-0 pixels), which
     replace the ones stored before; InvalidRegions (a ValueError) if they do not fit.
-    Raises ReviewConflict if a newer draft replaced the one the reviewer judged.
+    `label_revision`: the revision of the reviewer's label the decision was made on (0: none
+    yet). `client_id`: the id of the form instance; the same form posted again returns the
+    label unchanged, with no new audit row.
+    Raises ReviewConflict if a newer draft replaced the one the reviewer judged, or if the
+    label is no longer at `label_revision`.
     """
     if decision not in Decision.values:
         raise ValueError(f"unknown decision {decision!r}")
@@ -606,21 +624,27 @@ def label_record(
         raise ValueError("Say why the draft is rejected.")
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task_id)
-        if task.state not in DECIDED_STATES and task.state != S.DRAFTED:
-            raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
-        draft = task.latest_draft()
-        if draft is None or draft.pk != draft_id:
-            raise ReviewConflict("A newer draft replaced the one you judged. Reload the task.")
-        final = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
         checked = (
             validate_regions(regions, width=task.image.width, height=task.image.height)
             if regions
             else []
         )
         label = Label.objects.filter(task=task, reviewer=reviewer).first()
+        if _repeats(label, client_id, decision, draft_id, text, reason, checked):
+            return label  # already recorded: answered like the first time, no new audit row
+        if task.state not in DECIDED_STATES and task.state != S.DRAFTED:
+            raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
+        draft = task.latest_draft()
+        if draft is None or draft.pk != draft_id:
+            raise ReviewConflict(NEWER_DRAFT)
+        if (label.revision if label else 0) != label_revision:
+            raise ReviewConflict(LABEL_CHANGED)
+        final = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
         before = _label_state(label)
         if label is None:
-            label = Label(task=task, reviewer=reviewer)
+            label = Label(task=task, reviewer=reviewer, revision=0)
+        label.revision += 1
+        label.client_id = client_id
         label.draft, label.decision, label.text = draft, decision, final
         label.reason = reason if decision == Decision.REJECTED else ""
         label.regions = checked
@@ -637,6 +661,24 @@ def label_record(
     return label
 
 
+def _repeats(label, client_id, decision, draft_id, text, reason, regions) -> bool:
+    """Whether this is the decision that `label` records, posted again by the same form (a
+    double click, a retried request). Another decision from that form is not a repeat: it
+    was made on the state before the label changed."""
+    if label is None or client_id is None or label.client_id != client_id:
+        return False
+    asked = {
+        "decision": decision,
+        "draft": draft_id,  # an accepted draft's text is the draft's
+        "reason": reason if decision == Decision.REJECTED else "",
+        "regions": regions,
+    }
+    if decision == Decision.EDITED:
+        asked["text"] = text
+    saved = _label_state(label)
+    return all(saved[key] == value for key, value in asked.items())
+
+
 def _label_state(label: Label | None) -> dict | None:
     if label is None:
         return None
@@ -646,6 +688,7 @@ def _label_state(label: Label | None) -> dict | None:
         "reason": label.reason,
         "draft": label.draft_id,
         "regions": label.regions,
+        "revision": label.revision,
     }
 
 

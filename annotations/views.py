@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -18,6 +19,7 @@ from django.http import (
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -33,7 +35,7 @@ from annotations.access import (
     task_for_user,
 )
 from annotations.forms import DecisionForm, ProjectSettingsForm, UploadForm
-from annotations.models import TaskState
+from annotations.models import Decision, TaskState
 from annotations.prompts import DEFAULTS
 from imaging.patches import PatchSettings
 
@@ -215,6 +217,7 @@ def task_redraft(request: HttpRequest, task_id: int) -> HttpResponse:
 
 
 @require_GET
+@never_cache  # Back must never show a decided task as undecided
 @login_required
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id)
@@ -222,11 +225,13 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 
 
 @require_POST
+@never_cache
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id, Can.REVIEW)
     form = DecisionForm(request.POST, image_size=(task.image.width, task.image.height))
     status = 200
+    conflict, kept = "", None
     if form.is_valid():
         data = form.cleaned_data
         try:
@@ -238,9 +243,12 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
                 text=data["text"],
                 reason=data["reason"],
                 regions=data["regions"],
+                label_revision=data["label_revision"],
+                client_id=data["client_id"],
             )
         except (services.ReviewConflict, services.InvalidTransition) as exc:
-            form.add_error(None, str(exc))
+            # Show what is saved now, with a fresh form on it that keeps what was typed.
+            conflict, kept, form = str(exc), data, None
             status = 409
         else:
             if not request.htmx:
@@ -255,22 +263,37 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
             form = None
     else:
         status = 422
-    context = _review_context(request, task, form=form)
+    context = _review_context(request, task, form=form, kept=kept)
+    context["conflict"] = conflict
     template = "annotations/task_detail.html"
     if request.htmx:
         template += "#decision"
     return render(request, template, context, status=status)
 
 
-def _review_context(request: HttpRequest, task, form: DecisionForm | None = None) -> dict:
+def _review_context(
+    request: HttpRequest, task, form: DecisionForm | None = None, kept: dict | None = None
+) -> dict:
+    """The review page's context. Without `form`, a fresh decision form on the current draft
+    and label; `kept`: what the reviewer typed in a refused decision, to fill it with."""
     review = selectors.task_review(task, request.user)
     draft, label = review["draft"], review["label"]
     if form is None and draft is not None:
+        text = label.text if label and label.text else draft.text
+        regions = label.regions if label else []
+        reason = ""
+        if kept:
+            reason, regions = kept["reason"], kept["regions"]
+            if kept["decision"] == Decision.EDITED:  # else the text area held no decision
+                text = kept["text"]
         form = DecisionForm(
             initial={
                 "draft_id": draft.pk,
-                "text": label.text if label and label.text else draft.text,
-                "regions": json.dumps(label.regions) if label and label.regions else "",
+                "label_revision": label.revision if label else 0,
+                "client_id": uuid.uuid4(),  # one per form shown: a repost of it is a duplicate
+                "text": text,
+                "reason": reason,
+                "regions": json.dumps(regions) if regions else "",
             }
         )
     return {

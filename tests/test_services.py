@@ -92,6 +92,7 @@ def test_a_revised_decision_updates_the_one_label_and_audits_both(people):
         decision="edited",
         draft_id=draft_id,
         text="Better.",
+        label_revision=1,  # made on the first decision
     )
     assert Label.objects.filter(task=task).count() == 1
     events = AuditEvent.objects.filter(task=task, action="label.record").order_by("id")

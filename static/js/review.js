@@ -38,4 +38,11 @@
       if (next) { window.location.assign(next.href); }
     }
   });
+  // Back/Forward may restore this page from the browser's memory (bfcache) despite
+  // no-store: its decision form would be stale, so load what is saved now.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted && document.getElementById("decision-form")) {
+      window.location.reload();
+    }
+  });
 })();

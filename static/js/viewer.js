@@ -238,7 +238,7 @@
       } else {
         li.appendChild(document.createTextNode(name + ": " + (p.note || "no note")));
       }
-      li.appendChild(button("Show", "Fly to region " + (i + 1), function () {
+      li.appendChild(button("Show", "Show region " + (i + 1) + " on the slide", function () {
         var b = bbox(p.points);
         flyTo(b.x, b.y, b.w, b.h);
       }));
