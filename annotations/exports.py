@@ -30,6 +30,12 @@ def label_rows(project: Project) -> Iterator[dict[str, Any]]:
             "decision": label.decision,
             "final_text": label.text,
             "reason": label.reason,
+            "category": label.category,
+            # Distance from the draft to final_text: 0 for an accept, null for a reject.
+            "edit_chars": label.edit_chars,
+            "edit_words": label.edit_words,
+            "time_on_task_ms": label.time_on_task_ms,
+            "fast_accept": label.fast_accept,
             "reviewer": label.reviewer.get_username(),
             "labelled_at": label.created_at.isoformat(),
             "updated_at": label.updated_at.isoformat(),

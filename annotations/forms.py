@@ -1,6 +1,11 @@
 from django import forms
 
-from annotations.models import Decision
+from annotations.models import (
+    CORRECTION_CATEGORIES,
+    MAX_CATEGORY_CHARS,
+    Decision,
+    correction_categories_clean,
+)
 from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
 from annotations.regions import InvalidRegions, parse_regions
 from imaging.patches import PATCH_SETTING_RANGES, PatchSettings
@@ -47,10 +52,26 @@ class DecisionForm(forms.Form):
     # Region pointers drawn on the viewer (JSON GeoJSON Features, level-0 pixels): filled
     # by static/js/viewer.js; without JavaScript it stays empty.
     regions = forms.CharField(required=False, strip=False, widget=forms.HiddenInput)
+    # What was wrong with the draft, from the project's correction categories: required for
+    # a reject, offered for an edit.
+    category = forms.ChoiceField(required=False, label="What was wrong")
+    edit_category = forms.ChoiceField(required=False, label="What the edit corrects")
+    # When the form was first rendered, signed (annotations.reviewtime): time on task.
+    rendered_at = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
 
-    def __init__(self, *args, image_size: tuple[int, int] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        image_size: tuple[int, int] | None = None,
+        categories: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.image_size = image_size
+        listed = CORRECTION_CATEGORIES if categories is None else categories
+        choices = [(value, value) for value in listed]
+        self.fields["category"].choices = [("", "Choose…"), *choices]
+        self.fields["edit_category"].choices = [("", "Not said"), *choices]
 
     def clean_label_revision(self) -> int:
         return self.cleaned_data.get("label_revision") or 0
@@ -68,7 +89,20 @@ class DecisionForm(forms.Form):
             self.add_error("text", "An edited label needs text.")
         if data.get("decision") == Decision.REJECTED and not (data.get("reason") or "").strip():
             self.add_error("reason", "Say why the draft is rejected.")
+        if data.get("decision") == Decision.REJECTED and not data.get("category"):
+            self.add_error("category", "Choose what was wrong with the draft.")
+        if data.get("decision") == Decision.EDITED:
+            data["category"] = data.get("edit_category") or ""
         return data
+
+
+class AutosaveForm(forms.Form):
+    """The text being edited, saved as the reviewer types."""
+
+    text = forms.CharField(required=False, strip=False, max_length=100_000)
+    # The revision of the label the page was shown with: a keystroke that arrives after a
+    # decision made since is not kept.
+    label_revision = forms.IntegerField(required=False, min_value=0)
 
 
 def _patch_field(name: str, label: str) -> forms.Field:
@@ -100,6 +134,21 @@ class ProjectSettingsForm(forms.Form):
     target_mpp = _patch_field("target_mpp", "Patch resolution (µm per pixel)")
     patch_size = _patch_field("patch_size", "Patch size (pixels)")
     max_patches = _patch_field("max_patches", "Patches per slide, at most")
+    correction_categories = forms.CharField(
+        label="Correction categories",
+        widget=forms.Textarea(attrs={"rows": 8}),
+        help_text=(
+            f"One a line, up to 30, each at most {MAX_CATEGORY_CHARS} characters. Reviewers "
+            "pick one when they reject a draft (and may when they edit one); labels keep the "
+            "category they were given if it is removed here."
+        ),
+    )
+    fast_accept_seconds = forms.IntegerField(
+        label="Fast accept (seconds)",
+        min_value=0,
+        max_value=3600,
+        help_text="Accepts made faster than this after the task was shown are flagged.",
+    )
 
     PATCH_FIELDS = ("target_mpp", "patch_size", "max_patches")
 
@@ -118,3 +167,10 @@ class ProjectSettingsForm(forms.Form):
                 field = next((n for n in self.PATCH_FIELDS if n in str(exc)), None)
                 self.add_error(field, str(exc))
         return data
+
+    def clean_correction_categories(self) -> list[str]:
+        lines = self.cleaned_data["correction_categories"].splitlines()
+        try:  # blank lines are layout, not empty categories
+            return correction_categories_clean([line for line in lines if line.strip()])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None

@@ -27,12 +27,55 @@ class Role(models.TextChoices):
     RESEARCHER = "researcher", "Researcher"
 
 
+# A pathology correction taxonomy: what was wrong with a draft. The values are stored on
+# labels as they are, so an admin removing one from a project leaves old labels intact.
+CORRECTION_CATEGORIES = (
+    "wrong diagnosis or grade",
+    "missed finding",
+    "hallucinated finding",
+    "wrong site or laterality",
+    "poor image quality",
+    "wording only",
+    "other",
+)
+WORDING_ONLY = "wording only"
+MAX_CATEGORIES, MAX_CATEGORY_CHARS = 30, 80
+
+
+def default_correction_categories() -> list[str]:
+    return list(CORRECTION_CATEGORIES)
+
+
+def correction_categories_clean(values: list[str]) -> list[str]:
+    """The one judge of a project's category list: 1 to 30 unique non-empty entries of at
+    most 80 characters. Returns them stripped; ValueError says what is wrong."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError("Categories are a list of texts.")
+    cleaned = [v.strip() for v in values]
+    if not 1 <= len(cleaned) <= MAX_CATEGORIES:
+        raise ValueError(f"Give between 1 and {MAX_CATEGORIES} categories.")
+    seen: set[str] = set()
+    for value in cleaned:
+        if not value:
+            raise ValueError("A category cannot be empty.")
+        if len(value) > MAX_CATEGORY_CHARS:
+            raise ValueError(f"“{value[:40]}…” is longer than {MAX_CATEGORY_CHARS} characters.")
+        if value.casefold() in seen:
+            raise ValueError(f"“{value}” is listed twice.")
+        seen.add(value.casefold())
+    return cleaned
+
+
 class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     modality = models.CharField(max_length=20, choices=Modality.choices)
     description = models.TextField(blank=True)
     # Whole-slide patch selection (imaging.patches.PatchSettings); empty means the defaults.
     slide_settings = models.JSONField(default=dict, blank=True)
+    # What reviewers pick from when they reject or edit a draft (correction_categories_clean).
+    correction_categories = models.JSONField(default=default_correction_categories)
+    # Accepts faster than this are flagged: a draft accepted unread is no validation.
+    fast_accept_seconds = models.PositiveIntegerField(default=5)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
@@ -55,6 +98,10 @@ class Project(models.Model):
             PatchSettings.from_dict(self.slide_settings)
         except ValueError as exc:
             raise ValidationError({"slide_settings": str(exc)}) from None
+        try:
+            self.correction_categories = correction_categories_clean(self.correction_categories)
+        except ValueError as exc:
+            raise ValidationError({"correction_categories": str(exc)}) from None
 
     def current_prompt(self) -> PromptTemplate | None:
         """The newest prompt template, or None for the modality's default."""
@@ -222,6 +269,30 @@ class Task(models.Model):
 DECIDED_STATES = frozenset({TaskState.ACCEPTED, TaskState.EDITED, TaskState.REJECTED})
 
 
+class Claim(models.Model):
+    """A reviewer's hold on a drafted task while they read it, so that two reviewers never
+    read the same task at once. It expires unless the open page renews it, and a decision
+    releases it (`annotations.services.claim_next`)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="claims")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
+    )
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # One reading per task: one claim, live or expired (the next claimer replaces it).
+            models.UniqueConstraint(fields=["task"], name="claim_one_per_task"),
+        ]
+        # The reviewer's own live claim, looked up first by every claim.
+        indexes = [models.Index(fields=["reviewer", "expires_at"], name="claim_reviewer_expiry")]
+
+    def __str__(self) -> str:
+        return f"Task {self.task_id} claimed by {self.reviewer} until {self.expires_at:%H:%M}"
+
+
 class Draft(models.Model):
     """AI output for one task, with everything needed to reproduce it."""
 
@@ -285,12 +356,32 @@ class Label(models.Model):
     # The decision form instance that last wrote the label: the same form posted again (a
     # double click, a retried request) changes nothing.
     client_id = models.UUIDField(null=True, blank=True)
+    # What was wrong with the draft, from the project's correction categories as they were
+    # then (blank for accepts).
+    category = models.CharField(max_length=80, blank=True)
+    # Edit distance from the draft to the final text, in characters and in words: 0 for an
+    # accept, null for a reject (nothing was kept).
+    edit_chars = models.PositiveIntegerField(null=True, blank=True)
+    edit_words = models.PositiveIntegerField(null=True, blank=True)
+    # From the decision form's first render to the decision; null when the form's signed
+    # render time was missing or forged.
+    time_on_task_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    # An accept faster than the project's fast_accept_seconds.
+    fast_accept = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["task", "reviewer"], name="label_once_per_reviewer"),
+            models.CheckConstraint(
+                condition=~Q(decision="rejected") | ~Q(category=""),
+                name="label_reject_has_category",
+            ),
+            models.CheckConstraint(
+                condition=Q(decision="accepted") | Q(fast_accept=False),
+                name="label_fast_only_accepts",
+            ),
             models.CheckConstraint(
                 condition=Q(decision__in=Decision.values), name="label_decision_valid"
             ),
@@ -304,6 +395,26 @@ class Label(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} by {self.reviewer} on task {self.task_id}"
+
+
+class EditAutosave(models.Model):
+    """The text a reviewer is editing, saved as they type: a closed tab loses nothing.
+    Deleted when they decide."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="autosaves")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="autosaves"
+    )
+    text = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "reviewer"], name="autosave_once_per_reviewer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Unsaved edit by {self.reviewer} on task {self.task_id}"
 
 
 class AuditEvent(models.Model):

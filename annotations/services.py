@@ -21,15 +21,17 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 import imaging
 from annotations.models import (
     DECIDED_STATES,
     AuditEvent,
+    Claim,
     Decision,
     Draft,
+    EditAutosave,
     Image,
     Label,
     Membership,
@@ -39,11 +41,13 @@ from annotations.models import (
     Role,
     Task,
     TaskState,
+    correction_categories_clean,
 )
 from annotations.previews import preview_send
 from annotations.prompts import validate_template
 from annotations.queues import DRAFT_TASK, GPU_QUEUE
 from annotations.regions import validate_regions
+from annotations.textdiff import char_distance, word_distance
 from imaging import archives, series
 from imaging.patches import PatchSettings
 
@@ -222,6 +226,45 @@ def project_slide_settings_set(
                 project=project,
                 before=before,
                 after=merged,
+            )
+    return project
+
+
+def project_review_settings_set(
+    *,
+    project: Project,
+    correction_categories: list[str],
+    fast_accept_seconds: int,
+    actor: AbstractBaseUser | None = None,
+) -> Project:
+    """Store the categories reviewers pick from and the fast-accept threshold.
+
+    ValueError if the list is not 1 to 30 unique non-empty entries of at most 80 characters
+    or the threshold is negative. Labels keep the categories they were given.
+    """
+    categories = correction_categories_clean(correction_categories)
+    if fast_accept_seconds < 0:
+        raise ValueError("The fast-accept threshold cannot be negative.")
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        before = {
+            "correction_categories": project.correction_categories,
+            "fast_accept_seconds": project.fast_accept_seconds,
+        }
+        after = {
+            "correction_categories": categories,
+            "fast_accept_seconds": fast_accept_seconds,
+        }
+        if after != before:
+            project.correction_categories = categories
+            project.fast_accept_seconds = fast_accept_seconds
+            project.save(update_fields=["correction_categories", "fast_accept_seconds"])
+            audit_record(
+                action="project.review_settings",
+                actor=actor,
+                project=project,
+                before=before,
+                after=after,
             )
     return project
 
@@ -603,6 +646,8 @@ def label_record(
     regions: list[dict] | None = None,
     label_revision: int = 0,
     client_id: uuid.UUID | None = None,
+    category: str = "",
+    time_on_task_ms: int | None = None,
 ) -> Label:
     """Record (or revise) `reviewer`'s decision on the draft they saw.
 
@@ -612,6 +657,11 @@ def label_record(
     `label_revision`: the revision of the reviewer's label the decision was made on (0: none
     yet). `client_id`: the id of the form instance; the same form posted again returns the
     label unchanged, with no new audit row.
+    `category`: what was wrong with the draft, one of the project's correction categories
+    (a reject given none is filed under "other"; an accept keeps none). `time_on_task_ms`:
+    from the form's render to the decision, None if unknown; an accept faster than the
+    project's fast_accept_seconds is flagged. The edit distance from the draft is stored.
+    The reviewer's autosaved edit of the task is dropped.
     Raises ReviewConflict if a newer draft replaced the one the reviewer judged, or if the
     label is no longer at `label_revision`.
     """
@@ -622,8 +672,13 @@ def label_record(
         raise ValueError("An edited label needs text.")
     if decision == Decision.REJECTED and not reason:
         raise ValueError("Say why the draft is rejected.")
+    category = "" if decision == Decision.ACCEPTED else category.strip()
+    if decision == Decision.REJECTED and not category:
+        category = "other"
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task_id)
+        if category and category not in task.project.correction_categories:
+            raise ValueError(f"{category!r} is not one of this project's correction categories.")
         checked = (
             validate_regions(regions, width=task.image.width, height=task.image.height)
             if regions
@@ -648,7 +703,19 @@ def label_record(
         label.draft, label.decision, label.text = draft, decision, final
         label.reason = reason if decision == Decision.REJECTED else ""
         label.regions = checked
+        label.category = category
+        if decision == Decision.REJECTED:
+            label.edit_chars = label.edit_words = None
+        else:
+            label.edit_chars = char_distance(draft.text, final)
+            label.edit_words = word_distance(draft.text, final)
+        label.time_on_task_ms = time_on_task_ms
+        fast = task.project.fast_accept_seconds * 1000
+        label.fast_accept = (
+            decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
+        )
         label.save()
+        EditAutosave.objects.filter(task=task, reviewer=reviewer).delete()
         audit_record(
             action="label.record",
             actor=reviewer,
@@ -689,7 +756,105 @@ def _label_state(label: Label | None) -> dict | None:
         "draft": label.draft_id,
         "regions": label.regions,
         "revision": label.revision,
+        "category": label.category,
+        "edit_chars": label.edit_chars,
+        "edit_words": label.edit_words,
+        "time_on_task_ms": label.time_on_task_ms,
+        "fast_accept": label.fast_accept,
     }
+
+
+def edit_autosave(
+    *, task: Task, reviewer: AbstractBaseUser, text: str, label_revision: int = 0
+) -> EditAutosave | None:
+    """Keep the text `reviewer` is editing on `task`, so a closed tab loses nothing.
+
+    `label_revision`: the revision of the reviewer's label the page was shown with. If they
+    decided since (a keystroke's request overtaken by the decision), nothing is kept: None.
+    """
+    with transaction.atomic():
+        Task.objects.select_for_update().filter(pk=task.pk).first()  # serialise with decisions
+        label = Label.objects.filter(task=task, reviewer=reviewer).only("revision").first()
+        if (label.revision if label else 0) != label_revision:
+            return None
+        autosave, _ = EditAutosave.objects.update_or_create(
+            task=task, reviewer=reviewer, defaults={"text": text}
+        )
+    return autosave
+
+
+# The review queue -----------------------------------------------------------------------
+
+
+def _claim_expiry():
+    return timezone.now() + timedelta(seconds=settings.MEDANNOT_CLAIM_SECONDS)
+
+
+def claim_next(
+    *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
+) -> Task | None:
+    """Claim the next drafted task of `project` that `reviewer` has not read and nobody else
+    holds, oldest first; None when nothing is left for them.
+
+    The reviewer's own live claim in the project comes first (a second tab, Start again).
+    Tasks locked by another reviewer's claim are skipped, not waited for (SKIP LOCKED); an
+    expired claim is taken over. `skipped`: task ids the reviewer skipped, in order, which
+    come last (the most recently skipped last of all).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        held = (
+            Claim.objects.filter(
+                reviewer=reviewer, task__project=project, task__state=S.DRAFTED, expires_at__gt=now
+            )
+            .order_by("created_at")
+            .first()
+        )
+        if held is not None:
+            Claim.objects.filter(pk=held.pk).update(expires_at=_claim_expiry())
+            return Task.objects.select_related("project", "image").get(pk=held.task_id)
+        read = Label.objects.filter(task=OuterRef("pk"), reviewer=reviewer)
+        taken = Claim.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
+        order: list[Any] = ["id"]
+        if skipped:
+            whens = [When(pk=pk, then=Value(i)) for i, pk in enumerate(skipped, start=1)]
+            order.insert(0, Case(*whens, default=Value(0)))
+        candidates = (
+            Task.objects.filter(project=project, state=S.DRAFTED)
+            .exclude(Exists(read))
+            .exclude(Exists(taken))
+            .select_for_update(skip_locked=True)
+            .order_by(*order)
+        )
+        passed: list[int] = []
+        while True:
+            task_id = candidates.exclude(pk__in=passed).values_list("pk", flat=True).first()
+            if task_id is None:
+                return None
+            # The row is ours now; this statement sees claims committed since the first one
+            # began (read committed), which that one could not.
+            claim = Claim.objects.select_for_update().filter(task_id=task_id).first()
+            if claim and claim.expires_at > now and claim.reviewer_id != reviewer.pk:
+                passed.append(task_id)
+                continue
+            if claim is None:
+                Claim.objects.create(task_id=task_id, reviewer=reviewer, expires_at=_claim_expiry())
+            else:  # expired: taken over
+                claim.reviewer, claim.expires_at, claim.created_at = reviewer, _claim_expiry(), now
+                claim.save(update_fields=["reviewer", "expires_at", "created_at"])
+            return Task.objects.select_related("project", "image").get(pk=task_id)
+
+
+def claim_renew(*, task_id: int, reviewer: AbstractBaseUser) -> bool:
+    """Extend `reviewer`'s claim on a task (the open review page calls this every minute).
+    False if they no longer hold it: released, or expired and taken by someone else."""
+    held = Claim.objects.filter(task_id=task_id, reviewer=reviewer)
+    return held.update(expires_at=_claim_expiry()) == 1
+
+
+def claim_release(*, task_id: int, reviewer: AbstractBaseUser) -> None:
+    """Give up `reviewer`'s claim on a task (a decision, a skip); others' claims stay."""
+    Claim.objects.filter(task_id=task_id, reviewer=reviewer).delete()
 
 
 # Drafts (called by the inference worker) -------------------------------------------------

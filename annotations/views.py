@@ -21,10 +21,20 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retarget
 
 import imaging
-from annotations import exports, health, previews, selectors, services, tiles, uploads
+from annotations import (
+    exports,
+    health,
+    previews,
+    reviewtime,
+    selectors,
+    services,
+    textdiff,
+    tiles,
+    uploads,
+)
 from annotations.access import (
     Can,
     capabilities,
@@ -34,8 +44,8 @@ from annotations.access import (
     projects_for_user,
     task_for_user,
 )
-from annotations.forms import DecisionForm, ProjectSettingsForm, UploadForm
-from annotations.models import Decision, TaskState
+from annotations.forms import AutosaveForm, DecisionForm, ProjectSettingsForm, UploadForm
+from annotations.models import WORDING_ONLY, Decision, TaskState
 from annotations.prompts import DEFAULTS
 from imaging.patches import PatchSettings
 
@@ -167,6 +177,8 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
         "system": system,
         "instruction": instruction,
         **{k: patches[k] for k in ("target_mpp", "patch_size", "max_patches")},
+        "correction_categories": "\n".join(project.correction_categories),
+        "fast_accept_seconds": project.fast_accept_seconds,
     }
     form = ProjectSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -184,6 +196,12 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
             messages.success(request, f"Prompt saved as version {template.version}.")
         slide = {k: data[k] for k in ("target_mpp", "patch_size", "max_patches")}
         services.project_slide_settings_set(project=project, values=slide, actor=request.user)
+        services.project_review_settings_set(
+            project=project,
+            correction_categories=data["correction_categories"],
+            fast_accept_seconds=data["fast_accept_seconds"],
+            actor=request.user,
+        )
         return redirect("project-settings", project_id=project.pk)
     versions = selectors.prompt_versions(project)
     return render(
@@ -229,7 +247,11 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id, Can.REVIEW)
-    form = DecisionForm(request.POST, image_size=(task.image.width, task.image.height))
+    form = DecisionForm(
+        request.POST,
+        image_size=(task.image.width, task.image.height),
+        categories=task.project.correction_categories,
+    )
     status = 200
     conflict, kept = "", None
     if form.is_valid():
@@ -245,20 +267,20 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
                 regions=data["regions"],
                 label_revision=data["label_revision"],
                 client_id=data["client_id"],
+                category=data["category"],
+                time_on_task_ms=reviewtime.time_on_task_ms(
+                    data["rendered_at"], task_id=task.pk, user_id=request.user.pk
+                ),
             )
         except (services.ReviewConflict, services.InvalidTransition) as exc:
             # Show what is saved now, with a fresh form on it that keeps what was typed.
             conflict, kept, form = str(exc), data, None
             status = 409
         else:
-            if not request.htmx:
-                nxt = selectors.next_task_to_review(task.project, after_id=task.pk)
-                url = (
-                    reverse("task-detail", args=[nxt.pk])
-                    if nxt
-                    else reverse("project-detail", args=[task.project_id])
-                )
-                return redirect(url)
+            services.claim_release(task_id=task.pk, reviewer=request.user)
+            # From the queue (or without JavaScript): straight on to the next claimed task.
+            if not request.htmx or request.POST.get("queue") == "1":
+                return _queue_next(request, task.project)
             task.refresh_from_db()
             form = None
     else:
@@ -278,15 +300,32 @@ def _review_context(
     and label; `kept`: what the reviewer typed in a refused decision, to fill it with."""
     review = selectors.task_review(task, request.user)
     draft, label = review["draft"], review["label"]
+    may = _may(request.user, task.project)
+    categories = task.project.correction_categories
+    restored = None
     if form is None and draft is not None:
         text = label.text if label and label.text else draft.text
         regions = label.regions if label else []
         reason = ""
+        category = label.category if label and label.decision == Decision.REJECTED else ""
+        edit_category = label.category if label and label.decision == Decision.EDITED else ""
+        if not edit_category and WORDING_ONLY in categories:
+            edit_category = WORDING_ONLY
+        # Time on task counts from the first render of a decision form on this task.
+        rendered_at = reviewtime.rendered_at_sign(task_id=task.pk, user_id=request.user.pk)
         if kept:
             reason, regions = kept["reason"], kept["regions"]
+            if kept["decision"] == Decision.REJECTED:
+                category = kept["category"] or category
+            rendered_at = kept.get("rendered_at") or rendered_at
             if kept["decision"] == Decision.EDITED:  # else the text area held no decision
                 text = kept["text"]
+                edit_category = kept["category"] or edit_category
+        elif (autosave := selectors.edit_autosave_for(task, request.user)) is not None:
+            if autosave.text != text:  # an edit that a closed tab or a lost connection left
+                text, restored = autosave.text, autosave
         form = DecisionForm(
+            categories=categories,
             initial={
                 "draft_id": draft.pk,
                 "label_revision": label.revision if label else 0,
@@ -294,8 +333,18 @@ def _review_context(
                 "text": text,
                 "reason": reason,
                 "regions": json.dumps(regions) if regions else "",
-            }
+                "category": category,
+                "edit_category": edit_category,
+                "rendered_at": rendered_at,
+            },
         )
+    if form is not None:  # the text being edited is kept on the server as the reviewer types
+        form.fields["text"].widget.attrs |= {
+            "hx-post": reverse("task-autosave", args=[task.pk]),
+            "hx-trigger": "keyup changed delay:1s",
+            "hx-target": "#autosave-status",
+            "hx-swap": "innerHTML",
+        }
     return {
         **review,
         "task": task,
@@ -305,9 +354,123 @@ def _review_context(
         "image_present": previews.image_file_present(task.image),
         "dzi_url": tiles.dzi_url(task.image, request.user),
         "form": form,
-        "may": _may(request.user, task.project),
+        "restored": restored,
+        # The saved edit, word by word against the draft it was made on.
+        "label_diff": (
+            textdiff.word_diff(label.draft.text, label.text)
+            if label and label.decision == Decision.EDITED
+            else None
+        ),
+        "may": may,
         "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),
+        **_queue_context(request, task, may),
     }
+
+
+def _queue_context(request: HttpRequest, task, may: dict[str, bool]) -> dict:
+    """The review queue on the review page: whether the reviewer holds this task (then the
+    page renews the claim and offers Skip), "k of N", and the task to prefetch."""
+    if not may["review"]:
+        return {}
+    upcoming = selectors.next_claimable(task.project, request.user, after=task)
+    return {
+        "in_queue": selectors.claim_held(task, request.user),
+        "progress": selectors.review_progress(task.project, request.user),
+        "upcoming": upcoming,
+        "upcoming_dzi": tiles.dzi_url(upcoming.image, request.user) if upcoming else "",
+    }
+
+
+def _skipped_key(project) -> str:
+    return f"review-skipped-{project.pk}"
+
+
+def _queue_next(request: HttpRequest, project) -> HttpResponse:
+    """Claim the reviewer's next task: with htmx its review area replaces the current one
+    (and the address follows); without, a redirect. At the end, the queue's summary."""
+    skipped = request.session.get(_skipped_key(project), [])
+    task = services.claim_next(project=project, reviewer=request.user, skipped=skipped)
+    if task is None:
+        url = reverse("review-done", args=[project.pk])
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    url = reverse("task-detail", args=[task.pk])
+    if not request.htmx:
+        return redirect(url)
+    context = _review_context(request, task)
+    response = render(request, "annotations/task_detail.html#next-task", context)
+    retarget(response, "#review-area")
+    reswap(response, "outerHTML")
+    push_url(response, url)
+    return response
+
+
+@require_POST
+@login_required
+def review_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Start reviewing: claim the reviewer's next task and go there."""
+    project = project_for_user(request.user, project_id, Can.REVIEW)
+    return _queue_next(request, project)
+
+
+@require_GET
+@login_required
+def review_done(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The end of the queue: what the reviewer decided in the project."""
+    project = project_for_user(request.user, project_id, Can.REVIEW)
+    context = {
+        "project": project,
+        "summary": selectors.review_summary(project, request.user),
+        "waiting": selectors.next_claimable(project, request.user) is not None,
+    }
+    return render(request, "annotations/review_done.html", context)
+
+
+@require_POST
+@never_cache
+@login_required
+def task_skip(request: HttpRequest, task_id: int) -> HttpResponse:
+    """Skip a task for now: the claim is released, the task comes back last for this
+    reviewer (remembered in the session), and the next one is claimed."""
+    task = task_for_user(request.user, task_id, Can.REVIEW)
+    services.claim_release(task_id=task.pk, reviewer=request.user)
+    key = _skipped_key(task.project)
+    skipped = [pk for pk in request.session.get(key, []) if pk != task.pk]
+    request.session[key] = [*skipped, task.pk][-500:]
+    return _queue_next(request, task.project)
+
+
+@require_POST
+@login_required
+def claim_renew(request: HttpRequest, task_id: int) -> HttpResponse:
+    """The open review page's heartbeat: the reviewer keeps their claim on the task."""
+    task = task_for_user(request.user, task_id, Can.REVIEW)
+    if services.claim_renew(task_id=task.pk, reviewer=request.user):
+        return HttpResponse(status=204)
+    return render(request, "annotations/claim_lost.html", {"task": task}, status=409)
+
+
+@require_POST
+@never_cache
+@login_required
+def task_autosave(request: HttpRequest, task_id: int) -> HttpResponse:
+    """Keep the text a reviewer is editing (htmx, as they type): a closed tab loses nothing."""
+    task = task_for_user(request.user, task_id, Can.REVIEW)
+    form = AutosaveForm(request.POST)
+    if not form.is_valid():
+        return render(
+            request, "annotations/task_detail.html#autosave", {"autosave_error": True}, status=422
+        )
+    autosave = services.edit_autosave(
+        task=task,
+        reviewer=request.user,
+        text=form.cleaned_data["text"],
+        label_revision=form.cleaned_data["label_revision"] or 0,
+    )
+    if autosave is None:  # decided since this page was shown: that decision stands
+        context, status = {"autosave_stale": True}, 409
+    else:
+        context, status = {"autosaved": autosave}, 200
+    return render(request, "annotations/task_detail.html#autosave", context, status=status)
 
 
 def _may(user, project) -> dict[str, bool]:

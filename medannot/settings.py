@@ -217,6 +217,11 @@ MEDANNOT_TILE_TOKEN_SECONDS = envint("MEDANNOT_TILE_TOKEN_SECONDS", str(12 * 360
 MEDANNOT_SLIDE_CACHE_HANDLES = max(1, envint("MEDANNOT_SLIDE_CACHE_HANDLES", "16"))
 MEDANNOT_SLIDE_CACHE_BYTES = envint("MEDANNOT_SLIDE_CACHE_BYTES", str(256 * 1024**2))
 MEDANNOT_TILE_CACHE_BYTES = envint("MEDANNOT_TILE_CACHE_BYTES", str(2 * 1024**3))
+# The review queue: a reviewer's claim on a task lasts this long unless their open page
+# renews it (every minute), so an abandoned task returns to the pool.
+MEDANNOT_CLAIM_SECONDS = envint("MEDANNOT_CLAIM_SECONDS", "900")
+if MEDANNOT_CLAIM_SECONDS < 120:
+    raise ImproperlyConfigured("MEDANNOT_CLAIM_SECONDS must be at least 120 (renewed every 60)")
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG

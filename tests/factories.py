@@ -6,7 +6,7 @@ import hashlib
 import itertools
 
 from annotations import services
-from annotations.models import Draft, Image, Task, TaskState
+from annotations.models import CORRECTION_CATEGORIES, Draft, Image, Task, TaskState
 
 _counter = itertools.count(1)
 
@@ -73,4 +73,6 @@ SETTINGS_FORM = {
     "target_mpp": "0.5",
     "patch_size": "512",
     "max_patches": "40",
+    "correction_categories": "\n".join(CORRECTION_CATEGORIES),
+    "fast_accept_seconds": "5",
 }

@@ -97,6 +97,84 @@ def test_a_pathologist_reviews_with_the_keyboard(
     page.close()
 
 
+def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Queue", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    tasks = [
+        drafted(project, sample_files["photo"], "Compound naevus."),
+        drafted(project, sample_files["photo2"], "Seborrhoeic keratosis."),
+        drafted(project, sample_files["slide"], "Invasive ductal carcinoma."),
+    ]
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(live_server.url + reverse("login"))
+    page.fill("#id_username", "paul")
+    page.fill("#id_password", "secret-pw-1")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + reverse("project-detail", args=[project.pk]))
+    page.click("#start-reviewing")
+    page.wait_for_url(f"**{reverse('task-detail', args=[tasks[0].pk])}")
+    page.wait_for_function("window.medannotViewer && window.medannotViewer.isOpen()")
+    assert page.inner_text("#queue-position") == "Task 1 of 3"
+    page.evaluate("window.__marker = 1")
+
+    page.keyboard.press("a")  # accept: the next claimed task is swapped in
+    page.wait_for_selector(f'#review-area[data-task="{tasks[1].pk}"]')
+    page.wait_for_url(f"**{reverse('task-detail', args=[tasks[1].pk])}")
+    assert page.evaluate("window.__marker") == 1  # no reload
+    assert Label.objects.get(task=tasks[0]).decision == "accepted"
+    assert page.inner_text("#queue-position") == "Task 2 of 3"
+    assert page.get_attribute("#my-progress", "value") == "1"
+    assert f"Task {tasks[1].pk} " in page.title()
+    # A viewer for the new task, from its own image.
+    page.wait_for_function(
+        "(id) => window.medannotViewer.isOpen() && document.querySelector('#viewer canvas')"
+        " && document.querySelector('#review-area').dataset.task === String(id)",
+        arg=tasks[1].pk,
+    )
+    violations = run_axe(page)
+    assert not violations, violations
+
+    page.keyboard.press("e")  # edit: the text has the focus
+    assert page.evaluate("document.activeElement.id") == "id_text"
+    page.keyboard.press("Escape")  # leave it: keys are commands again
+    assert page.evaluate("document.activeElement.id") != "id_text"
+    page.keyboard.press("?")  # the shortcuts
+    assert page.evaluate("document.getElementById('shortcuts').open") is True
+    page.keyboard.press("e")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("Seborrhoeic keratosis, irritated.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(f'#review-area[data-task="{tasks[2].pk}"]')
+    assert page.evaluate("window.__marker") == 1
+    assert page.get_attribute("#my-progress", "value") == "2"
+    assert page.evaluate("document.activeElement.id") != "id_text"  # n is a key, not text
+    label = Label.objects.get(task=tasks[1])
+    assert (label.decision, label.text) == ("edited", "Seborrhoeic keratosis, irritated.")
+
+    page.keyboard.press("r")  # reject: the reason has the focus
+    assert page.evaluate("document.activeElement.id") == "id_reason"
+    page.keyboard.type("The slide is not this patient's.")
+    if page.locator("#id_category").count():
+        page.select_option("#id_category", index=1)
+        page.focus("#id_reason")
+    page.keyboard.press("Control+Enter")  # the end of the queue
+    page.wait_for_url(f"**{reverse('review-done', args=[project.pk])}")
+    summary = " ".join(page.inner_text("#queue-summary").split())
+    assert summary == (
+        "Queue finished: you decided 3 tasks (1 accepted, 1 edited, 1 rejected). "
+        "Nothing else is waiting for you."
+    )
+    assert Label.objects.get(task=tasks[2]).decision == "rejected"
+    assert not problems, problems
+    page.close()
+
+
 def test_errors_are_shown_and_nothing_typed_is_lost(
     browser, live_server, sample_files, django_user_model
 ):

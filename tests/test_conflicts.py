@@ -149,7 +149,9 @@ def test_another_decision_from_the_same_old_form_is_a_conflict(client, task):
     # Not a repeat: the form was shown before the label it would replace.
     form = page(client, task)
     assert decide(client, task, form, "accepted", extra=HTMX).status_code == 200
-    response = decide(client, task, form, "rejected", reason="Wrong organ.", extra=HTMX)
+    response = decide(
+        client, task, form, "rejected", reason="Wrong organ.", category="other", extra=HTMX
+    )
     assert response.status_code == 409
     assert form_of(response)["reason"] == "Wrong organ."  # kept to reuse
     assert Label.objects.get(task=task).decision == "accepted"
@@ -199,7 +201,7 @@ def test_a_decision_on_a_redrafted_task_is_a_conflict(client, task):
 
 def test_an_htmx_conflict_answers_with_the_decision_partial(client, task):
     tab1, tab2 = page(client, task), page(client, task)
-    decide(client, task, tab1, "rejected", reason="Wrong organ.", extra=HTMX)
+    decide(client, task, tab1, "rejected", reason="Wrong organ.", category="other", extra=HTMX)
     response = decide(client, task, tab2, "edited", text="Typed in tab two.", extra=HTMX)
     assert response.status_code == 409
     body = response.content.decode()

@@ -97,7 +97,11 @@ def test_upload_draft_review_export(
     decisions = [
         {"decision": "accepted"},
         {"decision": "edited", "text": "Compound naevus, no atypia."},
-        {"decision": "rejected", "reason": "Describes the wrong lesion."},
+        {
+            "decision": "rejected",
+            "reason": "Describes the wrong lesion.",
+            "category": "wrong site or laterality",
+        },
     ]
     for task, decision in zip(tasks, decisions, strict=True):
         page = reviewer.get(reverse("task-detail", args=[task.pk]))

@@ -20,7 +20,13 @@ from django.http import Http404
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from annotations import services, tiles
-from annotations.access import image_for_user, is_site_admin, projects_for_user
+from annotations.access import (
+    Can,
+    capabilities,
+    image_for_user,
+    is_site_admin,
+    projects_for_user,
+)
 from annotations.models import Membership, Role, Task, TaskState
 from imaging.patches import PatchSettings, plan_patches
 from tests.factories import draft_fields, make_drafted_task, make_task
@@ -49,7 +55,13 @@ MATRIX = {
     "project-settings":     (200,  200,  404,  403,  404,  403,  404,  302),
     "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
+    "review-start":         (302,  302,  404,  302,  404,  403,  404,  302),
+    "review-done":          (200,  200,  404,  200,  404,  403,  404,  302),
+    "task-skip":            (302,  302,  404,  302,  404,  403,  404,  302),
+    # the reviewer's claim renewed: 204 (those who may review claim the task first)
+    "claim-renew":          (204,  204,  404,  204,  404,  403,  404,  302),
     "task-decide":          (302,  302,  404,  302,  404,  403,  404,  302),
+    "task-autosave":        (200,  200,  404,  200,  404,  403,  404,  302),
     "task-retry":           (302,  302,  404,  403,  404,  403,  404,  302),
     "task-redraft":         (302,  302,  404,  403,  404,  403,  404,  302),
     "task-preview":         (200,  200,  404,  200,  404,  200,  404,  302),
@@ -136,13 +148,23 @@ def _request(client, name: str, scene: Scene, user=None):
             return client.get(reverse(name))
         case "project-detail" | "project-upload" | "project-export" | "project-settings":
             return client.get(reverse(name, args=[project_id]))
-        case "project-retry-failed":
+        case "project-retry-failed" | "review-start":
             return client.post(reverse(name, args=[project_id]))
+        case "review-done":
+            return client.get(reverse(name, args=[project_id]))
+        case "task-skip":
+            return client.post(reverse(name, args=[task.pk]))
+        case "claim-renew":
+            if user is not None and Can.REVIEW in capabilities(user, task.project):
+                assert services.claim_next(project=task.project, reviewer=user) == task
+            return client.post(reverse(name, args=[task.pk]))
         case "task-detail" | "task-preview":
             return client.get(reverse(name, args=[task.pk]))
         case "task-decide":
             data = {"decision": "accepted", "draft_id": scene.draft.pk}
             return client.post(reverse(name, args=[task.pk]), data)
+        case "task-autosave":
+            return client.post(reverse(name, args=[task.pk]), {"text": "Typed so far."})
         case "task-retry":
             return client.post(reverse(name, args=[scene.failed.pk]))
         case "task-redraft":

@@ -103,7 +103,15 @@ def test_a_new_decision_replaces_the_pointers(people, client_for, slide_task):
     client = client_for(people.pathologist)
     decide(client, slide_task, [box(1, 1, 10, 10), box(20, 20, 10, 10)])
     # label_revision: the second decision is made on the first one (tests/test_conflicts.py)
-    decide(client, slide_task, [], decision="rejected", reason="Wrong organ.", label_revision=1)
+    decide(
+        client,
+        slide_task,
+        [],
+        decision="rejected",
+        reason="Wrong organ.",
+        category="other",
+        label_revision=1,
+    )
     assert Label.objects.get(task=slide_task).regions == []
 
 
