@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404
 
-from annotations.models import Draft, Image, Project, Role, Task
+from annotations.models import Draft, Image, Membership, Project, Role, Task
 
 
 class Can(Enum):
@@ -22,11 +22,13 @@ class Can(Enum):
     UPLOAD = "upload"
     EXPORT = "export"
     MANAGE = "manage"
+    ADJUDICATE = "adjudicate"
 
 
 CAPABILITIES: dict[str, frozenset[Can]] = {
     Role.ADMIN: frozenset(Can),
     Role.PATHOLOGIST: frozenset({Can.VIEW, Can.REVIEW}),
+    Role.ADJUDICATOR: frozenset({Can.VIEW, Can.ADJUDICATE}),
     Role.RESEARCHER: frozenset({Can.VIEW, Can.UPLOAD}),
 }
 
@@ -41,8 +43,9 @@ def role_in(user: AbstractBaseUser, project: Project) -> str | None:
         return None
     if is_site_admin(user):
         return Role.ADMIN
-    membership = project.memberships.filter(user=user).only("role").first()
-    return membership.role if membership else None
+    # One query: a model instance from the related manager would load its project id again.
+    roles = Membership.objects.filter(project=project, user=user).values_list("role", flat=True)
+    return roles.first()
 
 
 def capabilities(user: AbstractBaseUser, project: Project) -> frozenset[Can]:

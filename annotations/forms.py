@@ -3,8 +3,13 @@ from django import forms
 from annotations.models import (
     CORRECTION_CATEGORIES,
     MAX_CATEGORY_CHARS,
+    MAX_DISAGREEMENT_WORDS,
+    MAX_READINGS,
+    MIN_READINGS,
     Decision,
+    SentinelExpected,
     correction_categories_clean,
+    sentinel_share_clean,
 )
 from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
 from annotations.regions import InvalidRegions, parse_regions
@@ -149,6 +154,31 @@ class ProjectSettingsForm(forms.Form):
         max_value=3600,
         help_text="Accepts made faster than this after the task was shown are flagged.",
     )
+    # Not required: a form without them (an older page) keeps the project's values.
+    readings_per_task = forms.IntegerField(
+        label="Readings per task",
+        required=False,
+        min_value=MIN_READINGS,
+        max_value=MAX_READINGS,
+        help_text="Different readers who read each task, blind to each other. With two or "
+        "more, disagreements go to an adjudicator.",
+    )
+    disagreement_words = forms.IntegerField(
+        label="Disagreement threshold (words)",
+        required=False,
+        min_value=0,
+        max_value=MAX_DISAGREEMENT_WORDS,
+        help_text="Two edited texts further apart than this many words disagree.",
+    )
+    sentinel_share = forms.FloatField(
+        label="Share of check drafts",
+        required=False,
+        min_value=0,
+        help_text=(
+            "From 0 to 0.5: the share of each reader's queue served as check drafts (drafts "
+            "with a deliberate error, written on the check drafts page). 0: none."
+        ),
+    )
 
     PATCH_FIELDS = ("target_mpp", "patch_size", "max_patches")
 
@@ -174,3 +204,54 @@ class ProjectSettingsForm(forms.Form):
             return correction_categories_clean([line for line in lines if line.strip()])
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+    def clean_sentinel_share(self) -> float | None:
+        share = self.cleaned_data.get("sentinel_share")
+        if share is None:
+            return None  # not given: unchanged
+        try:
+            return sentinel_share_clean(share)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class SentinelForm(forms.Form):
+    """An admin's check draft for one task: the altered text and what a good reader does."""
+
+    task = forms.IntegerField(label="Task number", min_value=1)
+    text = forms.CharField(
+        label="Check draft text",
+        max_length=100_000,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Shown to readers as the task's draft. Alter the draft or a validated label.",
+    )
+    expected = forms.ChoiceField(
+        label="A good reader would", choices=SentinelExpected.choices, initial="reject"
+    )
+    note = forms.CharField(
+        label="What was altered",
+        max_length=2000,
+        help_text="Shown to each reader after their decision.",
+    )
+
+
+class AdjudicationForm(forms.Form):
+    """An adjudicator's final label on a task whose readers disagree."""
+
+    decision = forms.ChoiceField(choices=Decision.choices)
+    text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 8}))
+    reason = forms.CharField(required=False, max_length=2000)
+    category = forms.ChoiceField(required=False, label="What was wrong")
+
+    def __init__(self, *args, categories: list[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        listed = CORRECTION_CATEGORIES if categories is None else categories
+        self.fields["category"].choices = [("", "Not said"), *((v, v) for v in listed)]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("decision") == Decision.EDITED and not (data.get("text") or "").strip():
+            self.add_error("text", "An edited label needs text.")
+        if data.get("decision") == Decision.REJECTED and not (data.get("reason") or "").strip():
+            self.add_error("reason", "Say why the draft is rejected.")
+        return data

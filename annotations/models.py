@@ -24,6 +24,8 @@ class Modality(models.TextChoices):
 class Role(models.TextChoices):
     ADMIN = "admin", "Admin"
     PATHOLOGIST = "pathologist", "Pathologist"
+    # Resolves disagreements between readers of a double-read project; reads no task first.
+    ADJUDICATOR = "adjudicator", "Adjudicator"
     RESEARCHER = "researcher", "Researcher"
 
 
@@ -40,6 +42,18 @@ CORRECTION_CATEGORIES = (
 )
 WORDING_ONLY = "wording only"
 MAX_CATEGORIES, MAX_CATEGORY_CHARS = 30, 80
+
+
+# At most half the queue may be check drafts: more would be a test, not a workbench.
+MAX_SENTINEL_SHARE = 0.5
+
+
+def sentinel_share_clean(value: float) -> float:
+    """The one judge of a project's share of sentinel (check) drafts: 0 to 0.5."""
+    share = float(value)
+    if not 0.0 <= share <= MAX_SENTINEL_SHARE:  # also refuses NaN
+        raise ValueError(f"The share of check drafts goes from 0 to {MAX_SENTINEL_SHARE}.")
+    return share
 
 
 def default_correction_categories() -> list[str]:
@@ -66,6 +80,19 @@ def correction_categories_clean(values: list[str]) -> list[str]:
     return cleaned
 
 
+MIN_READINGS, MAX_READINGS = 1, 5
+MAX_DISAGREEMENT_WORDS = 1000
+
+
+def reading_settings_clean(readings_per_task: int, disagreement_words: int) -> tuple[int, int]:
+    """The one judge of a project's double-reading settings; ValueError says what is wrong."""
+    if not MIN_READINGS <= readings_per_task <= MAX_READINGS:
+        raise ValueError(f"Readings per task go from {MIN_READINGS} to {MAX_READINGS}.")
+    if not 0 <= disagreement_words <= MAX_DISAGREEMENT_WORDS:
+        raise ValueError(f"The word threshold goes from 0 to {MAX_DISAGREEMENT_WORDS}.")
+    return readings_per_task, disagreement_words
+
+
 class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     modality = models.CharField(max_length=20, choices=Modality.choices)
@@ -76,6 +103,12 @@ class Project(models.Model):
     correction_categories = models.JSONField(default=default_correction_categories)
     # Accepts faster than this are flagged: a draft accepted unread is no validation.
     fast_accept_seconds = models.PositiveIntegerField(default=5)
+    # The share of the claimed queue served as sentinels: drafts with a deliberate error.
+    sentinel_share = models.FloatField(default=0.0)
+    # Double reading: how many different readers read each task (1: a single reading), and
+    # how many words two readers' edited texts may differ by and still agree.
+    readings_per_task = models.PositiveSmallIntegerField(default=1)
+    disagreement_words = models.PositiveIntegerField(default=5)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
@@ -86,6 +119,16 @@ class Project(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(modality__in=Modality.values), name="project_modality_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(sentinel_share__gte=0.0, sentinel_share__lte=MAX_SENTINEL_SHARE),
+                name="project_sentinel_share_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    readings_per_task__gte=MIN_READINGS, readings_per_task__lte=MAX_READINGS
+                ),
+                name="project_readings_per_task_range",
             ),
         ]
 
@@ -102,6 +145,10 @@ class Project(models.Model):
             self.correction_categories = correction_categories_clean(self.correction_categories)
         except ValueError as exc:
             raise ValidationError({"correction_categories": str(exc)}) from None
+        try:
+            self.sentinel_share = sentinel_share_clean(self.sentinel_share)
+        except ValueError as exc:
+            raise ValidationError({"sentinel_share": str(exc)}) from None
 
     def current_prompt(self) -> PromptTemplate | None:
         """The newest prompt template, or None for the modality's default."""
@@ -226,6 +273,15 @@ class TaskState(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class ReviewState(models.TextChoices):
+    """Where a task's review stands: the outcome of record (`Task.state` is drafting)."""
+
+    OPEN = "open", "Open"  # no reading yet
+    IN_REVIEW = "in_review", "In review"  # fewer readings than the project asks for
+    DISAGREEMENT = "disagreement", "Disagreement"  # readers disagree: waits for adjudication
+    FINAL = "final", "Final"  # readers agree, or an adjudicator decided
+
+
 class Task(models.Model):
     """One image in one project, on its way from upload to a validated label."""
 
@@ -245,6 +301,10 @@ class Task(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     drafting_started_at = models.DateTimeField(null=True, blank=True)
+    # Computed by services from the readings and the adjudication, never set by hand.
+    review_state = models.CharField(
+        max_length=12, choices=ReviewState.choices, default=ReviewState.OPEN
+    )
 
     class Meta:
         ordering = ["id"]
@@ -257,7 +317,9 @@ class Task(models.Model):
                 condition=Q(state="failed") | Q(error=""), name="task_error_only_when_failed"
             ),
         ]
-        indexes = [models.Index(fields=["project", "state"])]
+        # With id last: the oldest tasks in a state come in index order (claims, "next"),
+        # with no sort over a project's tasks.
+        indexes = [models.Index(fields=["project", "state", "id"], name="task_project_state_id")]
 
     def __str__(self) -> str:
         return f"Task {self.pk} ({self.state})"
@@ -269,10 +331,39 @@ class Task(models.Model):
 DECIDED_STATES = frozenset({TaskState.ACCEPTED, TaskState.EDITED, TaskState.REJECTED})
 
 
+class ProjectCounters(models.Model):
+    """A project's tasks by state and its labels, kept in step with every change, in the same
+    transaction (`annotations.counters`): pages read these instead of counting tasks.
+    `python manage.py recount_projects` recomputes them."""
+
+    project = models.OneToOneField(
+        Project, on_delete=models.CASCADE, primary_key=True, related_name="counters"
+    )
+    new = models.BigIntegerField(default=0)
+    queued = models.BigIntegerField(default=0)
+    drafting = models.BigIntegerField(default=0)
+    drafted = models.BigIntegerField(default=0)
+    accepted = models.BigIntegerField(default=0)
+    edited = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    labels = models.BigIntegerField(default=0, help_text="Labels (decisions) of all reviewers")
+
+    class Meta:
+        verbose_name_plural = "project counters"
+
+    def __str__(self) -> str:
+        return f"Counters of {self.project_id}"
+
+    def by_state(self) -> dict[str, int]:
+        return {state: getattr(self, state) for state in TaskState.values}
+
+
 class Claim(models.Model):
-    """A reviewer's hold on a drafted task while they read it, so that two reviewers never
-    read the same task at once. It expires unless the open page renews it, and a decision
-    releases it (`annotations.services.claim_next`)."""
+    """A reader's hold on a drafted task while they read it: at most the project's readings
+    per task readers hold or have read a task (one, unless double reading). It expires
+    unless the open page renews it, and a decision releases it
+    (`annotations.services.claim_next`)."""
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="claims")
     reviewer = models.ForeignKey(
@@ -283,8 +374,8 @@ class Claim(models.Model):
 
     class Meta:
         constraints = [
-            # One reading per task: one claim, live or expired (the next claimer replaces it).
-            models.UniqueConstraint(fields=["task"], name="claim_one_per_task"),
+            # One claim per reader and task; how many readers, claim_next counts under the lock.
+            models.UniqueConstraint(fields=["task", "reviewer"], name="claim_one_per_reader"),
         ]
         # The reviewer's own live claim, looked up first by every claim.
         indexes = [models.Index(fields=["reviewer", "expires_at"], name="claim_reviewer_expiry")]
@@ -417,6 +508,66 @@ class EditAutosave(models.Model):
         return f"Unsaved edit by {self.reviewer} on task {self.task_id}"
 
 
+class SentinelExpected(models.TextChoices):
+    REJECT = "reject", "Reject"
+    EDIT = "edit", "Edit"
+
+
+class Sentinel(models.Model):
+    """A check draft: a task's draft with a deliberate error, served to readers in the queue
+    in place of the task's draft, to measure automation bias. Never a label, never exported."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sentinels")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="sentinels")
+    text = models.TextField(help_text="The altered draft text shown to the reader")
+    expected = models.CharField(max_length=10, choices=SentinelExpected.choices)
+    note = models.TextField(help_text="What was altered: shown to the reader after the decision")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(text=""), name="sentinel_has_text"),
+            models.CheckConstraint(
+                condition=Q(expected__in=SentinelExpected.values), name="sentinel_expected_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Sentinel {self.pk} on task {self.task_id}"
+
+
+class SentinelReading(models.Model):
+    """A reader's decision on a sentinel: whether they caught its deliberate error."""
+
+    sentinel = models.ForeignKey(Sentinel, on_delete=models.CASCADE, related_name="readings")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sentinel_readings"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    text = models.TextField(blank=True, help_text="The reader's edit, for an edit")
+    caught = models.BooleanField()
+    # The decision form that recorded it: the same form posted again is the same reading.
+    client_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Served once per reader.
+            models.UniqueConstraint(fields=["sentinel", "reviewer"], name="sentinel_read_once"),
+            models.CheckConstraint(
+                condition=Q(decision__in=Decision.values), name="sentinel_reading_decision_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        outcome = "caught" if self.caught else "missed"
+        return f"{self.reviewer} {outcome} sentinel {self.sentinel_id}"
+
+
 class AuditEvent(models.Model):
     """Append-only: every decision and state change, who, when, before and after."""
 
@@ -437,3 +588,39 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action}"
+
+
+class Adjudication(models.Model):
+    """The final label of a task whose readers disagreed, by an adjudicator who saw all the
+    readings it resolves."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="adjudication")
+    adjudicator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="adjudications"
+    )
+    draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="adjudications")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    text = models.TextField(blank=True, help_text="The final text: the draft, or the edit")
+    category = models.CharField(max_length=80, blank=True)
+    reason = models.TextField(blank=True)
+    readings = models.ManyToManyField(Label, related_name="adjudications")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(decision__in=Decision.values), name="adjudication_decision_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(decision="rejected") | ~Q(reason=""),
+                name="adjudication_reject_has_reason",
+            ),
+            models.CheckConstraint(
+                condition=Q(decision="rejected") | ~Q(text=""),
+                name="adjudication_kept_text_not_empty",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.adjudicator} on task {self.task_id} (adjudicated)"

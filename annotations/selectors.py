@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, QuerySet
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.db.models import Count, F, QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from annotations import agreement, counters
+from annotations.access import Can, capabilities
 from annotations.models import (
     DECIDED_STATES,
+    Adjudication,
     Claim,
+    Decision,
     EditAutosave,
     Label,
     Project,
     PromptTemplate,
+    ReviewState,
     Task,
     TaskState,
 )
+from annotations.textdiff import word_diff, word_distance
 
 
 def project_task_counts(project: Project) -> dict[str, int]:
-    rows = project.tasks.values("state").annotate(n=Count("id"))
-    counts = {state: 0 for state in TaskState.values}
-    counts.update({row["state"]: row["n"] for row in rows})
-    counts["total"] = sum(counts[s] for s in TaskState.values)
-    return counts
+    """The project's tasks by state, `total` and `labels`: from its counters, not a count."""
+    return counters.counts_for(project.pk)
+
+
+# Beyond this many, "1000+": the count stays bounded in a project of a million tasks.
+WAITING_COUNT_LIMIT = 1000
 
 
 def project_tasks_waiting_for_broker(project: Project) -> int:
-    """Queued tasks whose drafting message the broker has not taken yet (it was down)."""
-    return project.tasks.filter(state=TaskState.QUEUED, message_pending=True).count()
+    """Queued tasks whose drafting message the broker has not taken yet (it was down), up
+    to WAITING_COUNT_LIMIT."""
+    waiting = project.tasks.filter(state=TaskState.QUEUED, message_pending=True)
+    return waiting.order_by()[:WAITING_COUNT_LIMIT].count()
 
 
 def project_tasks(project: Project, *, state: str | None = None) -> QuerySet[Task]:
@@ -38,11 +49,18 @@ def project_tasks(project: Project, *, state: str | None = None) -> QuerySet[Tas
 
 
 def projects_with_counts(projects: QuerySet[Project]) -> QuerySet[Project]:
-    pending = Q(tasks__state__in=[TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING])
+    """Projects with n_tasks, n_to_review and n_pending, read from their counters."""
+
+    def total(*states: str):
+        first, *rest = (Coalesce(F(f"counters__{s}"), 0) for s in states)
+        for term in rest:
+            first = first + term
+        return first
+
     return projects.annotate(
-        n_tasks=Count("tasks", distinct=True),
-        n_to_review=Count("tasks", filter=Q(tasks__state=TaskState.DRAFTED), distinct=True),
-        n_pending=Count("tasks", filter=pending, distinct=True),
+        n_tasks=total(*TaskState.values),
+        n_to_review=total(TaskState.DRAFTED),
+        n_pending=total(TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING),
     )
 
 
@@ -74,14 +92,13 @@ def next_claimable(project: Project, reviewer, *, after: Task | None = None) -> 
 
 def review_progress(project: Project, reviewer) -> dict[str, int]:
     """The reviewer's "k of N" and the project's decided share. N: the drafted or decided
-    tasks; k: the reviewer's decided tasks + 1. Filtered counts on indexed columns."""
+    tasks; k: the reviewer's decided tasks + 1. The project's part from its counters; the
+    reviewer's labels counted on the reviewer's index (their own labels only)."""
     mine = Label.objects.filter(reviewer=reviewer, task__project=project).count()
-    totals = project.tasks.aggregate(
-        n=Count("id", filter=Q(state__in=[TaskState.DRAFTED, *DECIDED_STATES])),
-        decided=Count("id", filter=Q(state__in=DECIDED_STATES)),
-    )
-    n = totals["n"]
-    return {"mine": mine, "k": min(mine + 1, n), "n": n, "decided": totals["decided"]}
+    counts = counters.counts_for(project.pk)
+    decided = sum(counts[s] for s in DECIDED_STATES)
+    n = counts[TaskState.DRAFTED] + decided
+    return {"mine": mine, "k": min(mine + 1, n), "n": n, "decided": decided}
 
 
 def review_summary(project: Project, reviewer) -> dict[str, int]:
@@ -103,16 +120,89 @@ def prompt_versions(project: Project) -> QuerySet[PromptTemplate]:
 
 def task_review(task: Task, user) -> dict:
     """What the review page shows of a task: its newest draft, this reviewer's label and the
-    other reviewers' labels."""
+    other reviewers' labels. Readers are blind to each other: others' labels are shown once
+    the task is final, or to those who adjudicate."""
     draft = task.drafts.select_related("prompt_template").order_by("-created_at", "-id").first()
+    blind = task.review_state != ReviewState.FINAL and Can.ADJUDICATE not in capabilities(
+        user, task.project
+    )
+    others = task.labels.exclude(reviewer=user).select_related("reviewer")
     return {
         "draft": draft,
         "n_drafts": task.drafts.count(),
         "label": task.labels.filter(reviewer=user).select_related("draft").first(),
-        "other_labels": task.labels.exclude(reviewer=user).select_related("reviewer"),
+        "other_labels": others.none() if blind else others,
     }
 
 
 def edit_autosave_for(task: Task, user) -> EditAutosave | None:
     """The text `user` was editing on `task` and has not decided on yet."""
     return EditAutosave.objects.filter(task=task, reviewer=user).first()
+
+
+# Double reading --------------------------------------------------------------------------
+
+
+def adjudication_queue(project: Project, *, after_id: int = 0, limit: int = 50) -> list[Task]:
+    """Tasks of `project` whose readers disagree, oldest first, a keyset page after
+    `after_id` (the task_review_state index); one more than `limit` says there is more."""
+    tasks = project.tasks.filter(review_state=ReviewState.DISAGREEMENT, id__gt=after_id)
+    return list(tasks.select_related("image").order_by("id")[: limit + 1])
+
+
+def task_readings(task: Task) -> dict:
+    """The adjudication page: every reading side by side, each with a word diff from the
+    first reading, and the adjudication if there is one."""
+    readings = list(task.labels.select_related("reviewer", "draft").order_by("created_at", "id"))
+    first = readings[0] if readings else None
+    shown = [
+        {
+            "label": label,
+            "diff": word_diff(first.text, label.text) if label is not first else None,
+            "words_apart": word_distance(first.text, label.text),
+        }
+        for label in readings
+    ]
+    return {
+        "readings": shown,
+        "adjudication": Adjudication.objects.filter(task=task).first(),
+        "draft": task.drafts.order_by("-created_at", "-id").first(),
+    }
+
+
+def project_agreement(project: Project) -> dict | None:
+    """Agreement between readers over the project's tasks read by two or more: percent
+    agreement and kappa on decisions (Cohen's for two readings a task, Fleiss' for more) and
+    the mean word distance between readers' kept texts. One grouped query; None when the
+    project reads each task once."""
+    if project.readings_per_task < 2:
+        return None
+    rows = (
+        Label.objects.filter(task__project=project)
+        .values("task")
+        .annotate(
+            n=Count("id"),
+            decisions=ArrayAgg("decision", order_by=("created_at", "id")),
+            texts=ArrayAgg("text", order_by=("created_at", "id")),
+        )
+        .filter(n__gte=2)
+        .values_list("decisions", "texts")
+    )
+    ratings, distances = [], []
+    for decisions, texts in rows:
+        ratings.append(decisions)
+        kept = [t for d, t in zip(decisions, texts, strict=True) if d != Decision.REJECTED]
+        distances += [word_distance(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :]]
+    wanted = project.readings_per_task
+    if wanted == 2:
+        kappa = agreement.cohen_kappa([(d[0], d[1]) for d in ratings])
+    else:
+        kappa = agreement.fleiss_kappa([d for d in ratings if len(d) == wanted])
+    percent = agreement.percent_agreement(ratings)
+    return {
+        "tasks": len(ratings),
+        "percent": percent * 100 if percent is not None else None,
+        "kappa": kappa,
+        "kappa_name": "Cohen's kappa" if wanted == 2 else "Fleiss' kappa",
+        "mean_words": sum(distances) / len(distances) if distances else None,
+    }

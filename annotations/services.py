@@ -7,10 +7,12 @@ inside a transaction with the task row locked, and appends an audit event.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -18,15 +20,19 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from celery import current_app
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import imaging
+from annotations import counters
 from annotations.models import (
     DECIDED_STATES,
+    Adjudication,
     AuditEvent,
     Claim,
     Decision,
@@ -37,11 +43,14 @@ from annotations.models import (
     Membership,
     Modality,
     Project,
+    ProjectCounters,
     PromptTemplate,
+    ReviewState,
     Role,
     Task,
     TaskState,
     correction_categories_clean,
+    reading_settings_clean,
 )
 from annotations.previews import preview_send
 from annotations.prompts import validate_template
@@ -59,10 +68,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.DRAFTING, S.FAILED}),
     S.DRAFTING: frozenset({S.DRAFTED, S.FAILED, S.QUEUED}),
     S.DRAFTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
-    # A decided task may be drafted again (another model or prompt); its labels stay.
-    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
-    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
-    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
+    # A decided task may be drafted again (another model or prompt); its labels stay. An
+    # undone first decision puts it back to drafted.
+    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
+    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
+    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
     S.FAILED: frozenset({S.QUEUED}),
 }
 
@@ -140,6 +150,7 @@ def task_transition(
                 "updated_at",
             ]
         )
+        counters.state_move(task.project_id, before["state"], to)
         after = {"state": to} | ({"error": error} if error else {})
         audit_record(
             action="task.state", actor=actor, task=task, before=before, after=after, reason=reason
@@ -166,6 +177,7 @@ def project_create(
         project = Project.objects.create(
             name=name, modality=modality, slide_settings=slide_settings or {}
         )
+        ProjectCounters.objects.create(project=project)
         audit_record(
             action="project.create",
             actor=actor,
@@ -397,6 +409,7 @@ def _ingest_rows(
             return IngestResult(
                 name, "duplicate", f"already in this project as task {task.pk}", task
             )
+        counters.counters_add(project.pk, {S.NEW: 1})
         audit_record(
             action="task.create",
             actor=uploaded_by,
@@ -687,6 +700,9 @@ def label_record(
         label = Label.objects.filter(task=task, reviewer=reviewer).first()
         if _repeats(label, client_id, decision, draft_id, text, reason, checked):
             return label  # already recorded: answered like the first time, no new audit row
+        wanted = task.project.readings_per_task
+        if label is None and wanted > 1 and task.labels.count() >= wanted:
+            raise InvalidTransition(f"task {task.pk} already has its {wanted} readings")
         if task.state not in DECIDED_STATES and task.state != S.DRAFTED:
             raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
         draft = task.latest_draft()
@@ -715,7 +731,11 @@ def label_record(
             decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
         )
         label.save()
+        if before is None:
+            counters.counters_add(task.project_id, {"labels": 1})
         EditAutosave.objects.filter(task=task, reviewer=reviewer).delete()
+        # Released with the decision, so the reader counts once (read) in claim_next.
+        Claim.objects.filter(task=task, reviewer=reviewer).delete()
         audit_record(
             action="label.record",
             actor=reviewer,
@@ -725,7 +745,95 @@ def label_record(
             reason=reason,
         )
         task_transition(task_id=task.pk, to=decision, actor=reviewer)
+        task_review_state_refresh(task_id=task.pk, actor=reviewer)
     return label
+
+
+class UndoRefused(Exception):
+    """The reviewer's last decision cannot be undone (adjudicated, or nothing to undo)."""
+
+
+NOTHING_TO_UNDO = "There is no decision of yours to undo on this task."
+UNDO_ADJUDICATED = "This task has been adjudicated since your decision: it cannot be undone."
+UNDO_CHANGED = "Your decision on this task changed since (another tab): undo it there."
+
+
+def task_adjudicated(task: Task) -> bool:
+    """Whether an adjudication settled the task. Looked up by model name, so that this works
+    with or without the Adjudication model."""
+    try:
+        model = apps.get_model("annotations", "Adjudication")
+    except LookupError:
+        return False
+    for field in model._meta.concrete_fields:
+        if field.is_relation and field.related_model is Task:
+            return model._default_manager.filter(**{field.name: task.pk}).exists()
+    return False
+
+
+_RESTORED_FIELDS = (
+    "decision",
+    "text",
+    "reason",
+    "regions",
+    "category",
+    "edit_chars",
+    "edit_words",
+    "time_on_task_ms",
+    "fast_accept",
+)
+
+
+def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
+    """Undo `reviewer`'s last decision on a task: the label gets back what it held before
+    (a new revision), or goes if that decision was the first; the task gets back its state
+    if nobody changed it since; the reviewer claims the task again. The audit keeps the
+    decision and records the undo (`label.undo`). Returns the task.
+
+    Raises UndoRefused once the task is adjudicated, or when the label is not the one the
+    last decision wrote (undone already, or changed since).
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if task_adjudicated(task):
+            raise UndoRefused(UNDO_ADJUDICATED)
+        label = Label.objects.filter(task=task, reviewer=reviewer).first()
+        record = (
+            AuditEvent.objects.filter(task=task, actor=reviewer, action="label.record")
+            .order_by("-id")
+            .first()
+        )
+        if label is None or record is None:
+            raise UndoRefused(NOTHING_TO_UNDO)
+        if (record.after or {}).get("revision") != label.revision:
+            raise UndoRefused(UNDO_CHANGED)
+        current, restored = _label_state(label), record.before
+        if restored is None:
+            label.delete()
+            counters.counters_add(task.project_id, {"labels": -1})
+        else:
+            for name in _RESTORED_FIELDS:
+                setattr(label, name, restored[name])
+            label.draft_id = restored["draft"]
+            label.revision += 1
+            label.client_id = None
+            label.save()
+            restored = _label_state(label)
+        audit_record(action="label.undo", actor=reviewer, task=task, before=current, after=restored)
+        # The state the decision moved the task from, unless it moved again since.
+        moves = AuditEvent.objects.filter(task=task, action="task.state", id__gt=record.pk)
+        moved = list(moves.order_by("id").values_list("actor_id", "before")[:2])
+        if len(moved) == 1 and moved[0][0] == reviewer.pk:
+            previous = (moved[0][1] or {}).get("state")
+            if previous and previous != task.state:
+                task = task_transition(task_id=task.pk, to=previous, actor=reviewer, reason="undo")
+        task_review_state_refresh(task_id=task.pk, actor=reviewer)
+        Claim.objects.update_or_create(
+            task_id=task.pk,
+            reviewer=reviewer,
+            defaults={"expires_at": _claim_expiry(), "created_at": timezone.now()},
+        )
+    return Task.objects.select_related("project", "image").get(pk=task_id)
 
 
 def _repeats(label, client_id, decision, draft_id, text, reason, regions) -> bool:
@@ -783,6 +891,160 @@ def edit_autosave(
     return autosave
 
 
+# Double reading and adjudication ---------------------------------------------------------
+
+
+def readings_disagree(readings: Sequence[Label], *, words: int) -> bool:
+    """Whether readers disagree: different decisions, or kept texts (accepted or edited) more
+    than `words` words apart, for any two of them."""
+    for a, b in itertools.combinations(readings, 2):
+        if a.decision != b.decision:
+            return True
+        if a.decision != Decision.REJECTED and word_distance(a.text, b.text) > words:
+            return True
+    return False
+
+
+def _review_state_of(task: Task) -> str:
+    if Adjudication.objects.filter(task=task).exists():
+        return ReviewState.FINAL
+    readings = list(task.labels.only("decision", "text"))
+    wanted = task.project.readings_per_task
+    if not readings:
+        return ReviewState.OPEN
+    if wanted == 1:
+        return ReviewState.FINAL  # its reading is the final label
+    if len(readings) < wanted:
+        return ReviewState.IN_REVIEW
+    if readings_disagree(readings, words=task.project.disagreement_words):
+        return ReviewState.DISAGREEMENT
+    return ReviewState.FINAL
+
+
+def task_review_state_refresh(*, task_id: int, actor: AbstractBaseUser | None = None) -> str:
+    """Compute a task's review state from its readings and adjudication, store it if it
+    changed (with an audit row) and return it. Every service that records or undoes a
+    reading or an adjudication calls this, in its transaction."""
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update(of=("self",)).select_related("project").get(pk=task_id)
+        )
+        state = _review_state_of(task)
+        if state != task.review_state:
+            before = {"review_state": task.review_state}
+            Task.objects.filter(pk=task.pk).update(review_state=state)
+            audit_record(
+                action="task.review_state",
+                actor=actor,
+                task=task,
+                before=before,
+                after={"review_state": state},
+            )
+    return state
+
+
+def project_reading_settings_set(
+    *,
+    project: Project,
+    readings_per_task: int,
+    disagreement_words: int,
+    actor: AbstractBaseUser | None = None,
+) -> Project:
+    """Store how many readers read each task (1 to 5) and how many words apart two edited
+    texts may be and still agree; ValueError if out of range. Review states of tasks read
+    before are computed again when a reading or an adjudication is next recorded."""
+    after = dict(
+        zip(
+            ("readings_per_task", "disagreement_words"),
+            reading_settings_clean(readings_per_task, disagreement_words),
+            strict=True,
+        )
+    )
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        before = {key: getattr(project, key) for key in after}
+        if after != before:
+            for key, value in after.items():
+                setattr(project, key, value)
+            project.save(update_fields=list(after))
+            audit_record(
+                action="project.reading_settings",
+                actor=actor,
+                project=project,
+                before=before,
+                after=after,
+            )
+    return project
+
+
+def adjudication_record(
+    *,
+    task_id: int,
+    adjudicator: AbstractBaseUser,
+    decision: str,
+    text: str = "",
+    reason: str = "",
+    category: str = "",
+) -> Adjudication:
+    """Record (or revise) the final label of a task whose readers disagree, resolving all its
+    readings: accept keeps the newest draft's text, edit stores the adjudicator's text,
+    reject needs a reason (and is filed under "other" without a category). The task's review
+    state becomes final. InvalidTransition if the readers do not disagree (or no draft)."""
+    if decision not in Decision.values:
+        raise ValueError(f"unknown decision {decision!r}")
+    text, reason, category = text.strip(), reason.strip(), category.strip()
+    if decision == Decision.EDITED and not text:
+        raise ValueError("An edited label needs text.")
+    if decision == Decision.REJECTED and not reason:
+        raise ValueError("Say why the draft is rejected.")
+    if decision == Decision.ACCEPTED:
+        category = ""
+    elif decision == Decision.REJECTED and not category:
+        category = "other"
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if category and category not in task.project.correction_categories:
+            raise ValueError(f"{category!r} is not one of this project's correction categories.")
+        adjudication = Adjudication.objects.filter(task=task).first()
+        if adjudication is None and task.review_state != ReviewState.DISAGREEMENT:
+            raise InvalidTransition(f"task {task.pk} is {task.review_state}: nothing to adjudicate")
+        draft = task.latest_draft()
+        if draft is None:
+            raise InvalidTransition(f"task {task.pk} has no draft")
+        before = _adjudication_state(adjudication)
+        if adjudication is None:
+            adjudication = Adjudication(task=task)
+        adjudication.adjudicator, adjudication.draft = adjudicator, draft
+        adjudication.decision, adjudication.category = decision, category
+        adjudication.text = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
+        adjudication.reason = reason if decision == Decision.REJECTED else ""
+        adjudication.save()
+        adjudication.readings.set(task.labels.all())
+        audit_record(
+            action="adjudication.record",
+            actor=adjudicator,
+            task=task,
+            before=before,
+            after=_adjudication_state(adjudication),
+            reason=reason,
+        )
+        task_review_state_refresh(task_id=task.pk, actor=adjudicator)
+    return adjudication
+
+
+def _adjudication_state(adjudication: Adjudication | None) -> dict | None:
+    if adjudication is None:
+        return None
+    return {
+        "decision": adjudication.decision,
+        "text": adjudication.text,
+        "reason": adjudication.reason,
+        "category": adjudication.category,
+        "draft": adjudication.draft_id,
+        "readings": sorted(adjudication.readings.values_list("pk", flat=True)),
+    }
+
+
 # The review queue -----------------------------------------------------------------------
 
 
@@ -793,56 +1055,85 @@ def _claim_expiry():
 def claim_next(
     *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
 ) -> Task | None:
-    """Claim the next drafted task of `project` that `reviewer` has not read and nobody else
-    holds, oldest first; None when nothing is left for them.
+    """Claim the next task of `project` that `reviewer` has not read and that fewer than the
+    project's readings per task readers hold or have read, oldest first; None when nothing
+    is left for them.
 
-    The reviewer's own live claim in the project comes first (a second tab, Start again).
-    Tasks locked by another reviewer's claim are skipped, not waited for (SKIP LOCKED); an
-    expired claim is taken over. `skipped`: task ids the reviewer skipped, in order, which
-    come last (the most recently skipped last of all).
+    With one reading per task, a drafted task nobody else holds. With double reading, a
+    drafted or decided task still in review, handed to up to `readings_per_task` different
+    readers. The reviewer's own live claim in the project comes first (a second tab, Start
+    again). Tasks locked by another claim are skipped, not waited for (SKIP LOCKED), and the
+    readers are counted again under the task's lock; an expired claim is taken over.
+    `skipped`: task ids the reviewer skipped, in order, which come last (the most recently
+    skipped last of all).
     """
     now = timezone.now()
+    wanted = project.readings_per_task
+    states = [S.DRAFTED] if wanted == 1 else [S.DRAFTED, *DECIDED_STATES]
+    in_review = [ReviewState.OPEN, ReviewState.IN_REVIEW]
     with transaction.atomic():
-        held = (
-            Claim.objects.filter(
-                reviewer=reviewer, task__project=project, task__state=S.DRAFTED, expires_at__gt=now
-            )
-            .order_by("created_at")
-            .first()
+        held = Claim.objects.filter(
+            reviewer=reviewer, task__project=project, task__state__in=states, expires_at__gt=now
         )
+        if wanted > 1:
+            held = held.filter(task__review_state__in=in_review)
+        held = held.order_by("created_at").first()
         if held is not None:
             Claim.objects.filter(pk=held.pk).update(expires_at=_claim_expiry())
             return Task.objects.select_related("project", "image").get(pk=held.task_id)
         read = Label.objects.filter(task=OuterRef("pk"), reviewer=reviewer)
-        taken = Claim.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
+        live = Claim.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
         order: list[Any] = ["id"]
         if skipped:
             whens = [When(pk=pk, then=Value(i)) for i, pk in enumerate(skipped, start=1)]
             order.insert(0, Case(*whens, default=Value(0)))
-        candidates = (
-            Task.objects.filter(project=project, state=S.DRAFTED)
-            .exclude(Exists(read))
-            .exclude(Exists(taken))
-            .select_for_update(skip_locked=True)
-            .order_by(*order)
-        )
+        candidates = Task.objects.filter(project=project, state__in=states).exclude(Exists(read))
+        if wanted == 1:
+            candidates = candidates.exclude(Exists(live))
+        else:
+            labels = Label.objects.filter(task=OuterRef("pk"))
+            candidates = (
+                candidates.filter(review_state__in=in_review)
+                .alias(readers=_count_of(labels) + _count_of(live))
+                .filter(readers__lt=wanted)
+            )
+        candidates = candidates.select_for_update(skip_locked=True, of=("self",)).order_by(*order)
         passed: list[int] = []
         while True:
             task_id = candidates.exclude(pk__in=passed).values_list("pk", flat=True).first()
             if task_id is None:
                 return None
-            # The row is ours now; this statement sees claims committed since the first one
-            # began (read committed), which that one could not.
-            claim = Claim.objects.select_for_update().filter(task_id=task_id).first()
-            if claim and claim.expires_at > now and claim.reviewer_id != reviewer.pk:
+            # The row is ours now; these statements see claims and readings committed since
+            # the first one began (read committed), which that one could not.
+            holders = set(
+                Claim.objects.filter(task_id=task_id, expires_at__gt=now)
+                .exclude(reviewer=reviewer)
+                .values_list("reviewer_id", flat=True)
+            )
+            readers = (
+                set(Label.objects.filter(task_id=task_id).values_list("reviewer_id", flat=True))
+                if wanted > 1
+                else set()
+            )
+            if reviewer.pk in readers or len(holders | readers) >= wanted:
                 passed.append(task_id)
                 continue
-            if claim is None:
-                Claim.objects.create(task_id=task_id, reviewer=reviewer, expires_at=_claim_expiry())
-            else:  # expired: taken over
-                claim.reviewer, claim.expires_at, claim.created_at = reviewer, _claim_expiry(), now
-                claim.save(update_fields=["reviewer", "expires_at", "created_at"])
+            # Expired claims of others are taken over: their renewals fail from now on.
+            Claim.objects.filter(task_id=task_id, expires_at__lte=now).exclude(
+                reviewer=reviewer
+            ).delete()
+            Claim.objects.update_or_create(
+                task_id=task_id,
+                reviewer=reviewer,
+                defaults={"expires_at": _claim_expiry(), "created_at": now},
+            )
             return Task.objects.select_related("project", "image").get(pk=task_id)
+
+
+def _count_of(rows) -> Coalesce:
+    """How many of `rows` (a queryset filtered on OuterRef("pk")) there are, as a subquery."""
+    counted = rows.order_by().values("task").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted), 0)
 
 
 def claim_renew(*, task_id: int, reviewer: AbstractBaseUser) -> bool:
@@ -897,6 +1188,8 @@ def tasks_claim(
         tasks = list(
             Task.objects.select_related("project", "image").filter(pk__in=ids).order_by("id")
         )
+        for project_id, n in Counter(t.project_id for t in tasks).items():
+            counters.counters_add(project_id, {S.QUEUED: -n, S.DRAFTING: n})
         AuditEvent.objects.bulk_create(
             AuditEvent(
                 action="task.state",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from pathlib import Path
@@ -30,6 +31,7 @@ from annotations import (
     previews,
     reviewtime,
     selectors,
+    sentinels,
     services,
     textdiff,
     tiles,
@@ -44,7 +46,14 @@ from annotations.access import (
     projects_for_user,
     task_for_user,
 )
-from annotations.forms import AutosaveForm, DecisionForm, ProjectSettingsForm, UploadForm
+from annotations.forms import (
+    AdjudicationForm,
+    AutosaveForm,
+    DecisionForm,
+    ProjectSettingsForm,
+    SentinelForm,
+    UploadForm,
+)
 from annotations.models import WORDING_ONLY, Decision, TaskState
 from annotations.prompts import DEFAULTS
 from imaging.patches import PatchSettings
@@ -68,32 +77,53 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     if state not in TaskState.values:
         state = None
     counts = selectors.project_task_counts(project)
-    polling = any(counts[s] for s in PENDING)
-    # Paged: a project of 10,000 tasks renders as fast as one of 100.
-    page = Paginator(selectors.project_tasks(project, state=state), TASKS_PER_PAGE).get_page(
-        request.GET.get("page")
-    )
+    # Paged, counted by the project's counters: a project of a million tasks renders as
+    # fast as one of 100.
+    paginator = Paginator(selectors.project_tasks(project, state=state), TASKS_PER_PAGE)
+    paginator.count = counts[state] if state else counts["total"]
+    page = paginator.get_page(request.GET.get("page"))
     may = _may(request.user, project)
-    # Redis first, with a fast ping: with it down, asking Celery for workers would hang.
-    broker_up = health.redis_ok() if polling else True
     context = {
-        "project": project,
+        **_project_status(project, counts),
         "may": may,
         "tasks": page,
         "page_query": urlencode({"state": state} if state else {}),
         "next_task": selectors.next_task_to_review(project) if may["review"] else None,
-        "counts": counts,
         "state": state,
+        "agreement": selectors.project_agreement(project),
+    }
+    template = "annotations/project_detail.html"
+    if request.htmx and request.htmx.target == "tasks":
+        template += "#tasks"
+    return render(request, template, context)
+
+
+def _project_status(project, counts: dict[str, int]) -> dict:
+    """The project page's status: counts by state, and while tasks wait for drafting whether
+    the broker and a worker are there."""
+    polling = any(counts[s] for s in PENDING)
+    # Redis first, with a fast ping: with it down, asking Celery for workers would hang.
+    broker_up = health.redis_ok() if polling else True
+    return {
+        "project": project,
+        "counts": counts,
         "state_counts": [(value, label, counts[value]) for value, label in TaskState.choices],
         "polling": polling,
         "gpu_workers": health.gpu_workers() if polling and broker_up else None,
         "broker_down": not broker_up,
         "waiting_for_broker": selectors.project_tasks_waiting_for_broker(project) if polling else 0,
     }
-    template = "annotations/project_detail.html"
-    if request.htmx and request.htmx.target == "tasks":
-        template += "#tasks"
-    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def project_status(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The small part of the project page that polls while tasks are drafting: counts and
+    warnings. The task table is reloaded only when asked."""
+    project = project_for_user(request.user, project_id)
+    context = _project_status(project, selectors.project_task_counts(project))
+    context["drafting_ended"] = not context["polling"]  # polled until now: reload the table
+    return render(request, "annotations/project_detail.html#project-status", context)
 
 
 @require_http_methods(["GET", "POST"])
@@ -179,6 +209,9 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
         **{k: patches[k] for k in ("target_mpp", "patch_size", "max_patches")},
         "correction_categories": "\n".join(project.correction_categories),
         "fast_accept_seconds": project.fast_accept_seconds,
+        "readings_per_task": project.readings_per_task,
+        "disagreement_words": project.disagreement_words,
+        "sentinel_share": project.sentinel_share,
     }
     form = ProjectSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -202,6 +235,17 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
             fast_accept_seconds=data["fast_accept_seconds"],
             actor=request.user,
         )
+        readings, words = data.get("readings_per_task"), data.get("disagreement_words")
+        services.project_reading_settings_set(
+            project=project,
+            readings_per_task=project.readings_per_task if readings is None else readings,
+            disagreement_words=project.disagreement_words if words is None else words,
+            actor=request.user,
+        )
+        if data.get("sentinel_share") is not None:
+            sentinels.project_sentinel_share_set(
+                project=project, share=data["sentinel_share"], actor=request.user
+            )
         return redirect("project-settings", project_id=project.pk)
     versions = selectors.prompt_versions(project)
     return render(
@@ -247,6 +291,8 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id, Can.REVIEW)
+    if (sentinel := _sentinel_shown(request, task)) is not None or _sentinel_form(request, task):
+        return _sentinel_decide(request, task, sentinel)
     form = DecisionForm(
         request.POST,
         image_size=(task.image.width, task.image.height),
@@ -277,7 +323,8 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
             conflict, kept, form = str(exc), data, None
             status = 409
         else:
-            services.claim_release(task_id=task.pk, reviewer=request.user)
+            # label_record released the claim with the decision.
+            request.session[_last_decided_key(task.project_id)] = task.pk  # for Undo
             # From the queue (or without JavaScript): straight on to the next claimed task.
             if not request.htmx or request.POST.get("queue") == "1":
                 return _queue_next(request, task.project)
@@ -299,6 +346,10 @@ def _review_context(
     """The review page's context. Without `form`, a fresh decision form on the current draft
     and label; `kept`: what the reviewer typed in a refused decision, to fill it with."""
     review = selectors.task_review(task, request.user)
+    sentinel = _sentinel_shown(request, task) if review["draft"] else None
+    if sentinel is not None:  # the check draft stands in for the draft, and nothing tells
+        review |= {"draft": _as_draft(review["draft"], sentinel), "label": None}
+        review |= {"other_labels": [], "n_drafts": 1}
     draft, label = review["draft"], review["label"]
     may = _may(request.user, task.project)
     categories = task.project.correction_categories
@@ -321,7 +372,7 @@ def _review_context(
             if kept["decision"] == Decision.EDITED:  # else the text area held no decision
                 text = kept["text"]
                 edit_category = kept["category"] or edit_category
-        elif (autosave := selectors.edit_autosave_for(task, request.user)) is not None:
+        elif sentinel is None and (autosave := selectors.edit_autosave_for(task, request.user)):
             if autosave.text != text:  # an edit that a closed tab or a lost connection left
                 text, restored = autosave.text, autosave
         form = DecisionForm(
@@ -338,7 +389,7 @@ def _review_context(
                 "rendered_at": rendered_at,
             },
         )
-    if form is not None:  # the text being edited is kept on the server as the reviewer types
+    if form is not None and sentinel is None:  # the edit is kept on the server as typed
         form.fields["text"].widget.attrs |= {
             "hx-post": reverse("task-autosave", args=[task.pk]),
             "hx-trigger": "keyup changed delay:1s",
@@ -374,6 +425,7 @@ def _queue_context(request: HttpRequest, task, may: dict[str, bool]) -> dict:
         return {}
     upcoming = selectors.next_claimable(task.project, request.user, after=task)
     return {
+        "undo_task": request.session.get(_last_decided_key(task.project_id)),
         "in_queue": selectors.claim_held(task, request.user),
         "progress": selectors.review_progress(task.project, request.user),
         "upcoming": upcoming,
@@ -385,14 +437,31 @@ def _skipped_key(project) -> str:
     return f"review-skipped-{project.pk}"
 
 
+def _last_decided_key(project_id: int) -> str:
+    """The session's last decided task in a project: what Undo reverts, in this sitting."""
+    return f"review-last-{project_id}"
+
+
 def _queue_next(request: HttpRequest, project) -> HttpResponse:
     """Claim the reviewer's next task: with htmx its review area replaces the current one
     (and the address follows); without, a redirect. At the end, the queue's summary."""
+    if (sentinel := _sentinel_next(request, project)) is not None:
+        return _show_next(request, sentinel.task)
     skipped = request.session.get(_skipped_key(project), [])
     task = services.claim_next(project=project, reviewer=request.user, skipped=skipped)
     if task is None:
         url = reverse("review-done", args=[project.pk])
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    return _show_next(request, task)
+
+
+def _show_next(request: HttpRequest, task) -> HttpResponse:
+    return _show_in_review_area(request, task)
+
+
+def _show_in_review_area(request: HttpRequest, task) -> HttpResponse:
+    """With htmx, `task` replaces the review area (and the address follows); without, a
+    redirect to it."""
     url = reverse("task-detail", args=[task.pk])
     if not request.htmx:
         return redirect(url)
@@ -402,6 +471,159 @@ def _queue_next(request: HttpRequest, project) -> HttpResponse:
     reswap(response, "outerHTML")
     push_url(response, url)
     return response
+
+
+@require_POST
+@never_cache
+@login_required
+def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Undo the reviewer's last decision in the project, in this sitting (the session): the
+    label gets back its earlier state, the task comes back claimed, and is shown. 409 once
+    the task has been adjudicated, or when there is nothing to undo."""
+    project = project_for_user(request.user, project_id, Can.REVIEW)
+    key = _last_decided_key(project.pk)
+    task_id = request.session.get(key)
+    try:
+        if task_id is None:
+            raise services.UndoRefused("There is no decision of yours to undo in this sitting.")
+        task = services.label_undo(task_id=task_id, reviewer=request.user)
+    except services.UndoRefused as exc:
+        context = {"project": project, "undo_refused": str(exc)}
+        if not request.htmx:
+            return render(request, "annotations/undo_refused.html", context, status=409)
+        response = render(request, "annotations/undo_refused.html#refused", context, status=409)
+        retarget(response, "#undo-status")
+        reswap(response, "innerHTML")
+        return response
+    del request.session[key]
+    # The task shown when Undo was pressed goes back to the pool.
+    shown = request.POST.get("current", "")
+    if shown.isdigit() and int(shown) != task.pk:
+        services.claim_release(task_id=int(shown), reviewer=request.user)
+    return _show_in_review_area(request, task)
+
+
+# Sentinels: check drafts in the queue ----------------------------------------------------
+# The sentinel a reader is being shown is kept in their session, never in the page: nothing
+# in the HTML tells a check draft from a draft.
+
+
+def _sentinel_key(project_id: int) -> str:
+    return f"review-sentinel-{project_id}"
+
+
+def _sentinel_next(request: HttpRequest, project):
+    """The sentinel to serve as the reader's next queue item, if one is due (and the one
+    already being shown stays until it is decided)."""
+    key = _sentinel_key(project.pk)
+    shown = sentinels.sentinel_pending(
+        project_id=project.pk, sentinel_id=request.session.get(key), reviewer=request.user
+    )
+    sentinel = shown or sentinels.sentinel_for(project=project, reviewer=request.user)
+    if sentinel is None:
+        request.session.pop(key, None)
+    else:
+        request.session[key] = sentinel.pk
+    return sentinel
+
+
+def _sentinel_shown(request: HttpRequest, task):
+    """The sentinel standing in for `task`'s draft for this reader, if any."""
+    return sentinels.sentinel_pending(
+        project_id=task.project_id,
+        sentinel_id=request.session.get(_sentinel_key(task.project_id)),
+        task=task,
+        reviewer=request.user,
+    )
+
+
+def _sentinel_form(request: HttpRequest, task):
+    """The reading a sentinel's decision form already recorded (the form posted again)."""
+    try:
+        client_id = uuid.UUID(request.POST.get("client_id", ""))
+    except ValueError:
+        return None
+    return sentinels.sentinel_reading_of_form(task=task, reviewer=request.user, client_id=client_id)
+
+
+def _as_draft(draft, sentinel):
+    """The task's draft as the reader sees it while a sentinel stands in for it."""
+    shown = copy.copy(draft)
+    shown.text, shown.thinking = sentinel.text, ""
+    return shown
+
+
+def _sentinel_decide(request: HttpRequest, task, sentinel) -> HttpResponse:
+    """A decision on a check draft: a SentinelReading (never a label; the task stays as it
+    is), then the answer revealed, with a button that goes on with the queue."""
+    reading = _sentinel_form(request, task)
+    if reading is None:
+        form = DecisionForm(
+            request.POST,
+            image_size=(task.image.width, task.image.height),
+            categories=task.project.correction_categories,
+        )
+        if not form.is_valid():
+            context = _review_context(request, task, form=form)
+            template = "annotations/task_detail.html" + ("#decision" if request.htmx else "")
+            return render(request, template, context, status=422)
+        data = form.cleaned_data
+        reading = sentinels.sentinel_reading_record(
+            sentinel=sentinel,
+            reviewer=request.user,
+            decision=data["decision"],
+            text=data["text"],
+            client_id=data["client_id"],
+        )
+        request.session.pop(_sentinel_key(task.project_id), None)
+    context = _review_context(request, task) | {"sentinel_reveal": reading}
+    template = "annotations/task_detail.html" + ("#decision" if request.htmx else "")
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_sentinels(request: HttpRequest, project_id: int) -> HttpResponse:
+    """An admin's check drafts: the list, each reader's catch rate, and a new one from a
+    task (`?task=ID` fills the form in with the task's validated label or draft)."""
+    project = project_for_user(request.user, project_id, Can.MANAGE)
+    initial = {}
+    if (task_id := request.GET.get("task", "")).isdigit():
+        task = project.tasks.filter(pk=task_id).first()
+        if task is not None and (draft := task.latest_draft()) is not None:
+            label = task.labels.exclude(text="").order_by("-updated_at").first()
+            initial = {"task": task.pk, "text": label.text if label else draft.text}
+    form = SentinelForm(request.POST or None, initial=initial)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            task = project.tasks.filter(pk=data["task"]).first()
+            if task is None:
+                form.add_error("task", "No such task in this project.")
+            else:
+                try:
+                    sentinels.sentinel_create(
+                        project=project,
+                        task=task,
+                        text=data["text"],
+                        expected=data["expected"],
+                        note=data["note"],
+                        actor=request.user,
+                    )
+                except ValueError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    messages.success(request, f"Check draft saved for task {task.pk}.")
+                    return redirect("project-sentinels", project_id=project.pk)
+        status = 422
+    context = {
+        "project": project,
+        "form": form,
+        "sentinels": sentinels.project_sentinels(project),
+        "rates": sentinels.sentinel_catch_rates(project),
+    }
+    return render(request, "annotations/sentinels.html", context, status=status)
 
 
 @require_POST
@@ -471,6 +693,77 @@ def task_autosave(request: HttpRequest, task_id: int) -> HttpResponse:
     else:
         context, status = {"autosaved": autosave}, 200
     return render(request, "annotations/task_detail.html#autosave", context, status=status)
+
+
+ADJUDICATIONS_PER_PAGE = 50
+
+
+@require_GET
+@login_required
+def project_adjudication(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The adjudication queue: tasks whose readers disagree, oldest first, a keyset page
+    after `?after=<task id>`."""
+    project = project_for_user(request.user, project_id, Can.ADJUDICATE)
+    try:
+        after = max(int(request.GET.get("after", 0)), 0)
+    except ValueError:
+        after = 0
+    tasks = selectors.adjudication_queue(project, after_id=after, limit=ADJUDICATIONS_PER_PAGE)
+    more = len(tasks) > ADJUDICATIONS_PER_PAGE
+    tasks = tasks[:ADJUDICATIONS_PER_PAGE]
+    context = {
+        "project": project,
+        "tasks": tasks,
+        "after": after,
+        "next_after": tasks[-1].pk if more else None,
+    }
+    return render(request, "annotations/adjudication_queue.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+@login_required
+def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
+    """All readings of a task side by side, with word diffs; a POST records the final label
+    and goes on to the next task in disagreement."""
+    task = task_for_user(request.user, task_id, Can.ADJUDICATE)
+    categories = task.project.correction_categories
+    form = AdjudicationForm(request.POST or None, categories=categories)
+    status, conflict = 200, ""
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                services.adjudication_record(
+                    task_id=task.pk,
+                    adjudicator=request.user,
+                    decision=data["decision"],
+                    text=data["text"],
+                    reason=data["reason"],
+                    category=data["category"],
+                )
+            except (services.InvalidTransition, ValueError) as exc:
+                conflict, status = str(exc), 409
+            else:
+                messages.success(request, f"Task {task.pk}: final label recorded.")
+                upcoming = selectors.adjudication_queue(task.project, limit=1)
+                url = (
+                    reverse("task-adjudicate", args=[upcoming[0].pk])
+                    if upcoming
+                    else reverse("project-adjudication", args=[task.project_id])
+                )
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+        else:
+            status = 422
+    task.refresh_from_db(fields=["review_state"])
+    context = {
+        **selectors.task_readings(task),
+        "task": task,
+        "project": task.project,
+        "form": form,
+        "conflict": conflict,
+    }
+    return render(request, "annotations/task_adjudicate.html", context, status=status)
 
 
 def _may(user, project) -> dict[str, bool]:

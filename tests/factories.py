@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-from annotations import services
+from annotations import counters, services
 from annotations.models import CORRECTION_CATEGORIES, Draft, Image, Task, TaskState
 
 _counter = itertools.count(1)
@@ -27,7 +27,9 @@ def make_image(**fields) -> Image:
 
 
 def make_task(project, *, state: str = TaskState.NEW, image: Image | None = None) -> Task:
-    return Task.objects.create(project=project, image=image or make_image(), state=state)
+    task = Task.objects.create(project=project, image=image or make_image(), state=state)
+    counters.counters_add(project.pk, {state: 1})  # as ingest and task_transition keep them
+    return task
 
 
 def draft_fields(**overrides) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from django.core.cache import cache
 from django.urls import reverse
 
-from annotations import health, services
+from annotations import health, sentinels, services
 from annotations.models import Draft, Label, Modality, Role, Task, TaskState
 from imaging import samples
 from tests.factories import make_drafted_task, make_task, record_draft
@@ -171,6 +171,42 @@ def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
         "Nothing else is waiting for you."
     )
     assert Label.objects.get(task=tasks[2]).decision == "rejected"
+    assert not problems, problems
+    page.close()
+
+
+def test_u_undoes_the_last_decision_without_a_reload(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Undo", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    first = drafted(project, sample_files["photo"], "Compound naevus.")
+    second = drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(live_server.url + reverse("login"))
+    page.fill("#id_username", "paul")
+    page.fill("#id_password", "secret-pw-1")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + reverse("project-detail", args=[project.pk]))
+    page.click("#start-reviewing")
+    page.wait_for_url(f"**{reverse('task-detail', args=[first.pk])}")
+    page.evaluate("window.__marker = 1")
+    page.keyboard.press("a")
+    page.wait_for_selector(f'#review-area[data-task="{second.pk}"]')
+    page.wait_for_selector("#undo")
+    page.keyboard.press("u")  # the accepted task comes back, undecided
+    page.wait_for_selector(f'#review-area[data-task="{first.pk}"]')
+    page.wait_for_url(f"**{reverse('task-detail', args=[first.pk])}")
+    assert page.evaluate("window.__marker") == 1  # no reload
+    assert not Label.objects.filter(task=first).exists()
+    assert page.locator("#undo").count() == 0  # one decision, undone once
+    page.keyboard.press("a")  # decided again, in the queue
+    page.wait_for_selector(f'#review-area[data-task="{second.pk}"]')
+    assert Label.objects.get(task=first).decision == "accepted"
     assert not problems, problems
     page.close()
 
@@ -479,7 +515,7 @@ def _project(v):
     )
     v.login("alice")
     v.go("project-detail", project.pk)
-    v.page.wait_for_selector("#tasks .warning")
+    v.page.wait_for_selector("#project-status .warning")
     with v.page.expect_response(
         lambda r: "project" in r.url and r.request.headers.get("hx-request")
     ):
@@ -589,6 +625,22 @@ def _review_409(v):
     v.page.wait_for_selector("#conflict, #decision .errorlist")  # the 409 answer, swapped in
 
 
+def _sentinels(v):
+    task = v.drafted_photo()
+    sentinel = sentinels.sentinel_create(
+        project=v.people.project,
+        task=task,
+        text="Melanoma in situ.",
+        expected="reject",
+        note="the diagnosis was changed",
+    )
+    sentinels.sentinel_reading_record(
+        sentinel=sentinel, reviewer=v.people.pathologist, decision="accepted"
+    )
+    v.login("alice")
+    v.go("project-sentinels", v.people.project.pk)
+
+
 def _forbidden(v):
     v.login("paul")  # a pathologist opens the settings
     v.go("project-settings", v.people.project.pk, status=403)
@@ -616,6 +668,7 @@ PAGES = {
     "review-failed": _review_failed,
     "review-422": _review_422,
     "review-409": _review_409,
+    "sentinels": _sentinels,
     "403": _forbidden,
     "404": _not_found,
 }
@@ -649,3 +702,93 @@ def test_focus_stays_visible_in_the_stylesheet():
     css = (Path(__file__).resolve().parent.parent / "static" / "css" / "app.css").read_text()
     assert re.search(r":focus-visible\s*[,{]", css)
     assert "@media (forced-colors: active)" in css
+
+
+# Stale pages: the Back button and a second tab never overwrite a saved decision (the server
+# side is tested in test_conflicts.py).
+
+
+def _log_in(page, url, username, password):
+    page.goto(url + reverse("login"))
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/login/" not in u)
+
+
+def test_back_after_a_decision_never_overwrites_it(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Back", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    first = drafted(project, sample_files["photo"], "Compound naevus.")
+    second = drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _log_in(page, live_server.url, "paul", "secret-pw-1")
+    page.goto(live_server.url + reverse("project-detail", args=[project.pk]))
+    page.click("#start-reviewing")
+    page.wait_for_url(f"**{reverse('task-detail', args=[first.pk])}")
+    page.keyboard.press("a")  # accept: the next task is swapped in, the address pushed
+    page.wait_for_selector(f'#review-area[data-task="{second.pk}"]')
+    saved = Label.objects.get(task=first)
+    assert saved.decision == "accepted"
+
+    page.go_back()
+    page.wait_for_url(f"**{reverse('task-detail', args=[first.pk])}")
+    page.wait_for_selector(f'#review-area[data-task="{first.pk}"] #decision')
+    # htmx restores the page from its history cache, as it was before the decision: the
+    # decision form there is stale (no request, so no-store and pageshow do not apply).
+    assert "Saved:" not in page.inner_text("#decision")
+    page.fill("#id_text", "Compound naevus, edited after Back.")
+    with page.expect_response(lambda r: "/decide/" in r.url) as answer:
+        page.click("#save-edit")
+    assert answer.value.status == 409  # refused: it would overwrite the saved accept unseen
+    conflict = " ".join(page.inner_text("#conflict").split())
+    assert conflict.startswith("Not saved. You decided this task again elsewhere"), conflict
+    assert "Saved now: Accepted: “Compound naevus.”" in conflict, conflict
+    assert "Saved: Accepted by you" in page.inner_text("#decision")
+    assert page.input_value("#id_text") == "Compound naevus, edited after Back."  # kept
+    label = Label.objects.get(task=first)
+    assert (label.pk, label.decision, label.text, label.revision) == (
+        saved.pk,
+        "accepted",
+        "Compound naevus.",
+        1,
+    )
+    assert not Label.objects.filter(task=second).exists()
+    assert not errors, errors
+    page.close()
+
+
+def test_a_second_tab_gets_a_conflict_not_an_overwrite(
+    browser, live_server, sample_files, django_user_model
+):
+    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name="Tabs", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
+    )
+    task = drafted(project, sample_files["photo"], "Compound naevus.")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    one, two = context.new_page(), context.new_page()  # one session, two tabs
+    _log_in(one, live_server.url, "paul", "secret-pw-1")
+    url = live_server.url + reverse("task-detail", args=[task.pk])
+    one.goto(url)
+    two.goto(url)
+
+    one.click("#accept")
+    one.wait_for_selector("text=Saved: Accepted")
+    two.fill("#id_text", "Junctional naevus, typed in tab two.")
+    with two.expect_response(lambda r: "/decide/" in r.url) as answer:
+        two.click("#save-edit")
+    assert answer.value.status == 409
+    conflict = " ".join(two.inner_text("#conflict").split())
+    assert conflict.startswith("Not saved. You decided this task again elsewhere"), conflict
+    assert "Saved now: Accepted: “Compound naevus.”" in conflict, conflict
+    assert two.input_value("#id_text") == "Junctional naevus, typed in tab two."  # kept
+    label = Label.objects.get(task=task)
+    assert (label.decision, label.text, label.revision) == ("accepted", "Compound naevus.", 1)
+    context.close()

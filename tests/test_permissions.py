@@ -50,17 +50,24 @@ MATRIX = {
     #                        super proj  other path  opath resr  outs  anon
     "project-list":         (200,  200,  200,  200,  200,  200,  200,  302),
     "project-detail":       (200,  200,  404,  200,  404,  200,  404,  302),
+    "project-status":       (200,  200,  404,  200,  404,  200,  404,  302),
     "project-upload":       (200,  200,  404,  403,  404,  200,  404,  302),
     "project-export":       (200,  200,  404,  403,  404,  403,  404,  302),
     "project-settings":     (200,  200,  404,  403,  404,  403,  404,  302),
     "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
+    "project-sentinels":    (200,  200,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
     "review-start":         (302,  302,  404,  302,  404,  403,  404,  302),
     "review-done":          (200,  200,  404,  200,  404,  403,  404,  302),
+    # nothing decided in this sitting: 409 (refused, with a message)
+    "review-undo":          (409,  409,  404,  409,  404,  403,  404,  302),
     "task-skip":            (302,  302,  404,  302,  404,  403,  404,  302),
     # the reviewer's claim renewed: 204 (those who may review claim the task first)
     "claim-renew":          (204,  204,  404,  204,  404,  403,  404,  302),
     "task-decide":          (302,  302,  404,  302,  404,  403,  404,  302),
+    # adjudicators may too (test_double_reading: an adjudicator of `project`)
+    "task-adjudicate":      (200,  200,  404,  403,  404,  403,  404,  302),
+    "project-adjudication": (200,  200,  404,  403,  404,  403,  404,  302),
     "task-autosave":        (200,  200,  404,  200,  404,  403,  404,  302),
     "task-retry":           (302,  302,  404,  403,  404,  403,  404,  302),
     "task-redraft":         (302,  302,  404,  403,  404,  403,  404,  302),
@@ -146,12 +153,21 @@ def _request(client, name: str, scene: Scene, user=None):
     match name:
         case "project-list":
             return client.get(reverse(name))
-        case "project-detail" | "project-upload" | "project-export" | "project-settings":
+        case (
+            "project-detail"
+            | "project-status"
+            | "project-upload"
+            | "project-export"
+            | "project-settings"
+            | "project-sentinels"
+        ):
             return client.get(reverse(name, args=[project_id]))
-        case "project-retry-failed" | "review-start":
+        case "project-retry-failed" | "review-start" | "review-undo":
             return client.post(reverse(name, args=[project_id]))
-        case "review-done":
+        case "review-done" | "project-adjudication":
             return client.get(reverse(name, args=[project_id]))
+        case "task-adjudicate":
+            return client.get(reverse(name, args=[task.pk]))
         case "task-skip":
             return client.post(reverse(name, args=[task.pk]))
         case "claim-renew":

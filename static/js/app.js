@@ -15,12 +15,13 @@
   });
 })();
 
-// The project page polls: #tasks is swapped whole every few seconds. A live region outside
-// it takes the new summary only when it changed, so a screen reader announces progress once.
+// The project page polls: #project-status is swapped whole every few seconds. A live region
+// outside it takes the new summary only when it changed, so a screen reader announces
+// progress once.
 (function () {
   "use strict";
   document.addEventListener("htmx:afterSwap", function () {
-    var tasks = document.getElementById("tasks");
+    var tasks = document.getElementById("project-status");
     var region = document.getElementById("tasks-status");
     if (!tasks || !region || !tasks.dataset.status) { return; }
     if (region.textContent !== tasks.dataset.status) { region.textContent = tasks.dataset.status; }

@@ -1,5 +1,5 @@
 // Keyboard flow on the review page: a accept, e edit, r reject reason, s skip, n next task,
-// ? the list of shortcuts, Ctrl+Enter saves the edit (or the rejection), Esc leaves a field.
+// u undo the last decision, ? the list of shortcuts, Ctrl+Enter saves the edit (or the rejection), Esc leaves a field.
 // Keys typed in a field are text, never commands (except Ctrl+Enter and Esc), and keys
 // pressed while the slide viewer has focus are the viewer's (a pans left there).
 (function () {
@@ -52,6 +52,8 @@
       done = focus("id_reason");
     } else if (key === "s") {
       done = click("skip");
+    } else if (key === "u") {
+      done = click("undo");
     } else if (key === "?") {
       var list = document.getElementById("shortcuts");
       if (list) { list.open = !list.open; done = true; }
