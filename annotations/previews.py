@@ -11,11 +11,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from celery import current_app
 from django.conf import settings
 from PIL import Image as PILImage
 
-from annotations import tiles
+from annotations import messages, tiles
 from annotations.models import Draft, Image
 from annotations.queues import DEFAULT_QUEUE, PREVIEW_TASK
 from imaging import ImageRejected, patches, pixels
@@ -59,33 +58,10 @@ def preview_make(*, image_id: int) -> bool:
     return True
 
 
-# Like the drafting message: one quick retry, then give up; the page renders the preview
-# itself when the worker never made one.
-_SEND_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
-
-
 def preview_send(image_id: int) -> bool:
-    """Queue the preview task of an image, by name (the web never imports the worker).
-    Never raises: without a broker, the first page view renders the preview."""
-    try:
-        current_app.send_task(
-            PREVIEW_TASK,
-            args=[image_id],
-            queue=DEFAULT_QUEUE,
-            retry=True,
-            retry_policy=_SEND_RETRY_POLICY,
-            time_limit=None,
-            soft_time_limit=None,
-        )
-    except Exception:
-        log.warning("image %s: the preview message could not be sent", image_id, exc_info=True)
-        return False
-    return True
+    """Queue the preview task of an image. Never raises: without a broker, the first page
+    view renders the preview."""
+    return messages.send(PREVIEW_TASK, args=[image_id], queue=DEFAULT_QUEUE)
 
 
 def region_file(draft: Draft, index: int) -> Path:

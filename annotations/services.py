@@ -19,7 +19,6 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from celery import current_app
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -29,7 +28,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import imaging
-from annotations import counters
+from annotations import counters, messages
 from annotations.models import (
     DECIDED_STATES,
     Adjudication,
@@ -571,40 +570,10 @@ def _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata) -> Inges
         return IngestResult(name, "rejected", str(exc))
 
 
-# One quick retry, then give up: with the broker down, the task stays pending in the outbox
-# and the sweep sends it later, instead of a web request hanging on the broker.
-SEND_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
-
-
 def draft_send(task_id: int) -> bool:
-    """Send the drafting message of a queued task, by name: the web never imports the worker.
-
-    Clears the task's pending mark on success. Never raises: a failed send is logged and the
-    task stays pending, for the sweep to send again once the broker is back.
-    """
-    try:
-        current_app.send_task(
-            DRAFT_TASK,
-            args=[task_id],
-            queue=GPU_QUEUE,
-            retry=True,
-            retry_policy=SEND_RETRY_POLICY,
-            # No limits in the message: the worker's own settings rule (an explicit None
-            # clears the task's defaults that send_task would take from the sender's settings).
-            time_limit=None,
-            soft_time_limit=None,
-        )
-    except Exception:
-        log.warning(
-            "task %s: the message broker is unreachable; the sweep will send its message",
-            task_id,
-            exc_info=True,
-        )
+    """Send the drafting message of a queued task and clear its pending mark. Never raises:
+    unsent, the task stays pending, for the sweep to send once the broker is back."""
+    if not messages.send(DRAFT_TASK, args=[task_id], queue=GPU_QUEUE):
         return False
     Task.objects.filter(pk=task_id, message_pending=True).update(message_pending=False)
     return True
