@@ -45,6 +45,15 @@ def browser():
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
+def pathologist_project(user_model, name: str, modality: str):
+    """Paul (password secret-pw-1), the pathologist of a new project named `name`."""
+    user = user_model.objects.create_user("paul", password="secret-pw-1")
+    project = services.project_create(
+        name=name, modality=modality, members=[(user, Role.PATHOLOGIST)]
+    )
+    return user, project
+
+
 def drafted(project, path, text):
     result = services.image_ingest(
         project=project, source=path, original_name=path.name, enqueue=False
@@ -55,10 +64,7 @@ def drafted(project, path, text):
 def test_a_pathologist_reviews_with_the_keyboard(
     browser, live_server, sample_files, django_user_model, settings
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Browser", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Browser", Modality.DERMATOLOGY)
     first = drafted(project, sample_files["photo"], "Compound naevus.")
     second = drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
 
@@ -100,10 +106,7 @@ def test_a_pathologist_reviews_with_the_keyboard(
 def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Queue", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Queue", Modality.DERMATOLOGY)
     tasks = [
         drafted(project, sample_files["photo"], "Compound naevus."),
         drafted(project, sample_files["photo2"], "Seborrhoeic keratosis."),
@@ -178,10 +181,7 @@ def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
 def test_u_undoes_the_last_decision_without_a_reload(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Undo", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Undo", Modality.DERMATOLOGY)
     first = drafted(project, sample_files["photo"], "Compound naevus.")
     second = drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
     page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -214,10 +214,7 @@ def test_u_undoes_the_last_decision_without_a_reload(
 def test_errors_are_shown_and_nothing_typed_is_lost(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Browser", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Browser", Modality.DERMATOLOGY)
     task = drafted(project, sample_files["photo"], "Compound naevus.")
     page = browser.new_page()
     page.goto(live_server.url + reverse("login"))
@@ -285,10 +282,7 @@ def centre(page, selector) -> tuple[float, float]:
 def test_the_slide_viewer_zooms_shows_the_models_patches_and_takes_region_pointers(
     browser, live_server, django_user_model, tmp_path
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Slides", modality=Modality.PATHOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Slides", Modality.PATHOLOGY)
     path = samples.write_synthetic_slide(tmp_path / "big.tiff", width=2048, height=1536, seed=7)
     task = drafted(project, path, "Invasive ductal carcinoma.")
     Draft.objects.filter(task=task).update(regions=MODEL_REGIONS)
@@ -405,10 +399,7 @@ def test_the_slide_viewer_zooms_shows_the_models_patches_and_takes_region_pointe
 def test_without_tiles_the_viewer_shows_the_preview_and_goes_full_page(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Slides", modality=Modality.PATHOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Slides", Modality.PATHOLOGY)
     task = drafted(project, sample_files["slide"], "Invasive ductal carcinoma.")
     page = browser.new_page(viewport={"width": 1000, "height": 700})
     csp = []
@@ -719,10 +710,7 @@ def _log_in(page, url, username, password):
 def test_back_after_a_decision_never_overwrites_it(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Back", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Back", Modality.DERMATOLOGY)
     first = drafted(project, sample_files["photo"], "Compound naevus.")
     second = drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
     page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -767,10 +755,7 @@ def test_back_after_a_decision_never_overwrites_it(
 def test_a_second_tab_gets_a_conflict_not_an_overwrite(
     browser, live_server, sample_files, django_user_model
 ):
-    user = django_user_model.objects.create_user("paul", password="secret-pw-1")
-    project = services.project_create(
-        name="Tabs", modality=Modality.DERMATOLOGY, members=[(user, Role.PATHOLOGIST)]
-    )
+    user, project = pathologist_project(django_user_model, "Tabs", Modality.DERMATOLOGY)
     task = drafted(project, sample_files["photo"], "Compound naevus.")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     one, two = context.new_page(), context.new_page()  # one session, two tabs
