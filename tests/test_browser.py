@@ -122,7 +122,7 @@ def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
     page.goto(live_server.url + reverse("project-detail", args=[project.pk]))
     page.click("#start-reviewing")
     page.wait_for_url(f"**{reverse('task-detail', args=[tasks[0].pk])}")
-    page.wait_for_function("window.medannotViewer && window.medannotViewer.isOpen()")
+    page.wait_for_function("() => window.medannotViewer && window.medannotViewer.isOpen()")
     assert page.inner_text("#queue-position") == "Task 1 of 3"
     page.evaluate("window.__marker = 1")
 
