@@ -5,14 +5,47 @@ Plain functions on the model classes given, so a migration never imports service
 
 from __future__ import annotations
 
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Subquery
 
 
 def review_states_backfill(task_model, label_model) -> int:
     """Give existing tasks their review state from their labels. Every project read each
     task once before double reading came, so a task with a label is final and one without
     is open. Returns how many tasks became final."""
-    labelled = Exists(label_model.objects.filter(task=OuterRef("pk")))
-    final = task_model.objects.filter(labelled).update(review_state="final")
-    task_model.objects.filter(~labelled).exclude(review_state="open").update(review_state="open")
+    labels = label_model.objects.filter(task=OuterRef("pk"))
+    labelled = Exists(labels)
+    finals, opened = {"review_state": "final"}, {"review_state": "open"}
+    if any(f.name == "outcome" for f in task_model._meta.fields):  # from migration 0012 on
+        first = labels.order_by("created_at", "id").values("decision")[:1]
+        finals["outcome"], opened["outcome"] = Subquery(first), ""
+    final = task_model.objects.filter(labelled).update(**finals)
+    task_model.objects.filter(~labelled).exclude(review_state="open").update(**opened)
     return final
+
+
+def outcomes_backfill(connection) -> None:
+    """The review outcome moves out of the drafting state: decided tasks become drafted
+    again, and final tasks get their outcome, the adjudication's decision or else their
+    first reading's (they agree, or were read once). Plain SQL on the migration's
+    connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE annotations_task SET state = 'drafted' "
+            "WHERE state IN ('accepted', 'edited', 'rejected')"
+        )
+        cursor.execute(
+            """
+            UPDATE annotations_task t SET outcome = COALESCE(
+                (SELECT a.decision FROM annotations_adjudication a WHERE a.task_id = t.id),
+                (SELECT l.decision FROM annotations_label l WHERE l.task_id = t.id
+                 ORDER BY l.created_at, l.id LIMIT 1),
+                '')
+            WHERE t.review_state = 'final'
+            """
+        )
+        # Final with nothing to say what: open again (cannot happen, but the constraint
+        # that follows must hold).
+        cursor.execute(
+            "UPDATE annotations_task SET review_state = 'open' "
+            "WHERE review_state = 'final' AND outcome = ''"
+        )

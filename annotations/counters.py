@@ -1,5 +1,6 @@
-"""Per-project counters: tasks by state and labels, kept in the same transaction as the
-change they count, so that no page counts a project's tasks.
+"""Per-project counters: tasks by drafting state, by review and by outcome, and labels,
+kept in the same transaction as the change they count, so that no page counts a project's
+tasks.
 
 Writers call `counters_add` after their own write, inside their transaction: the UPDATE
 locks the project's counter row until commit. A project without a row (made before the
@@ -10,15 +11,43 @@ and the migration's backfill.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from django.db import connection, transaction
 from django.db.models import F
 
-from annotations.models import ProjectCounters, TaskState
+from annotations.models import TO_READ, Decision, ProjectCounters, ReviewState, TaskState
 
 STATE_FIELDS: tuple[str, ...] = tuple(TaskState.values)
-FIELDS: tuple[str, ...] = (*STATE_FIELDS, "labels")
+REVIEW_FIELDS: tuple[str, ...] = ("to_read", ReviewState.IN_REVIEW, ReviewState.DISAGREEMENT)
+OUTCOME_FIELDS: tuple[str, ...] = tuple(Decision.values)
+FIELDS: tuple[str, ...] = (*STATE_FIELDS, *REVIEW_FIELDS, *OUTCOME_FIELDS, "labels")
+
+# What the counters know of a task: (state, review_state, outcome).
+Facts = tuple[str, str, str]
+
+
+def buckets(facts: Facts | None) -> list[str]:
+    """The counters a task with these facts counts in (None: no task)."""
+    if facts is None:
+        return []
+    state, review_state, outcome = facts
+    counted = [state]
+    if state == TaskState.DRAFTED and review_state in TO_READ:
+        counted.append("to_read")
+    if review_state in (ReviewState.IN_REVIEW, ReviewState.DISAGREEMENT):
+        counted.append(review_state)
+    if review_state == ReviewState.FINAL and outcome:
+        counted.append(outcome)
+    return counted
+
+
+def task_deltas(before: Facts | None, after: Facts | None) -> dict[str, int]:
+    """The counter changes of one task going from `before` to `after`."""
+    deltas = Counter(buckets(after))
+    deltas.subtract(buckets(before))
+    return {name: n for name, n in deltas.items() if n}
 
 
 def counters_add(project_id: int, deltas: Mapping[str, int]) -> None:
@@ -33,31 +62,59 @@ def counters_add(project_id: int, deltas: Mapping[str, int]) -> None:
         recount([project_id])
 
 
-def state_move(project_id: int, before: str, after: str) -> None:
-    """One task of the project moved from state `before` to `after`."""
-    if before != after:
-        counters_add(project_id, {before: -1, after: 1})
+def add_sql(project_id: int, deltas: Mapping[str, int]) -> tuple[str, list]:
+    """`counters_add` as SQL with RETURNING (no row: the project has no counters yet), for
+    a caller that writes several tables in one statement."""
+    unknown = set(deltas) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"no such counter: {', '.join(sorted(unknown))}")
+    names = sorted(deltas)
+    sets = ", ".join(f"{name} = {name} + %s" for name in names)
+    sql = f"UPDATE annotations_projectcounters SET {sets} WHERE project_id = %s RETURNING 1"
+    return sql, [*(deltas[name] for name in names), project_id]
+
+
+def task_moved(project_id: int, before: Facts | None, after: Facts | None) -> None:
+    """One task of the project changed facts (None: created, or gone)."""
+    counters_add(project_id, task_deltas(before, after))
 
 
 def counts_for(project_id: int) -> dict[str, int]:
-    """The project's counters by name, and `total` (its tasks)."""
+    """The project's counters by name, `total` (its tasks) and `decided` (final tasks)."""
     row = ProjectCounters.objects.filter(project_id=project_id).values(*FIELDS).first()
     if row is None:  # never counted yet: count once, then the counters keep up
         recount([project_id])
         row = ProjectCounters.objects.filter(project_id=project_id).values(*FIELDS).first()
-    counts = dict(row or dict.fromkeys(FIELDS, 0))
+    return with_totals(dict(row or dict.fromkeys(FIELDS, 0)))
+
+
+def with_totals(counts: dict[str, int]) -> dict[str, int]:
     counts["total"] = sum(counts[s] for s in STATE_FIELDS)
+    counts["decided"] = sum(counts[s] for s in OUTCOME_FIELDS)
     return counts
 
 
-_STATE_SUMS = ", ".join(f"count(*) FILTER (WHERE state = %s) AS {s}" for s in STATE_FIELDS)
+_SUMS = ", ".join(
+    [f"count(*) FILTER (WHERE state = '{s}') AS {s}" for s in STATE_FIELDS]
+    + [
+        "count(*) FILTER (WHERE state = 'drafted' AND review_state IN ("
+        + ", ".join(f"'{r}'" for r in TO_READ)
+        + ")) AS to_read"
+    ]
+    + [f"count(*) FILTER (WHERE review_state = '{r}') AS {r}" for r in REVIEW_FIELDS[1:]]
+    + [
+        f"count(*) FILTER (WHERE review_state = 'final' AND outcome = '{o}') AS {o}"
+        for o in OUTCOME_FIELDS
+    ]
+)
+_TASK_FIELDS = FIELDS[:-1]
 _COLUMNS = ", ".join(FIELDS)
 _RECOUNT = f"""
 INSERT INTO annotations_projectcounters (project_id, {_COLUMNS})
-SELECT p.id, {", ".join(f"COALESCE(t.{s}, 0)" for s in STATE_FIELDS)}, COALESCE(l.labels, 0)
+SELECT p.id, {", ".join(f"COALESCE(t.{s}, 0)" for s in _TASK_FIELDS)}, COALESCE(l.labels, 0)
 FROM annotations_project p
 LEFT JOIN (
-    SELECT project_id, {_STATE_SUMS} FROM annotations_task GROUP BY project_id
+    SELECT project_id, {_SUMS} FROM annotations_task GROUP BY project_id
 ) t ON t.project_id = p.id
 LEFT JOIN (
     SELECT t.project_id, count(*) AS labels
@@ -85,5 +142,5 @@ def recount(project_ids: Iterable[int] | None = None, *, using=None) -> int:
             "WHERE %s OR project_id = ANY(%s) ORDER BY project_id FOR UPDATE",
             [everything, ids or []],
         )
-        cursor.execute(_RECOUNT, [*STATE_FIELDS, everything, ids or []])
+        cursor.execute(_RECOUNT, [everything, ids or []])
         return cursor.rowcount

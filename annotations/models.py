@@ -263,14 +263,20 @@ class Image(models.Model):
 
 
 class TaskState(models.TextChoices):
+    """Where a task's drafting stands. Its review is apart (`ReviewState`, `Task.outcome`):
+    a decided task stays drafted, and may be drafted again."""
+
     NEW = "new", "New"
     QUEUED = "queued", "Queued"
     DRAFTING = "drafting", "Drafting"
     DRAFTED = "drafted", "Drafted"
+    FAILED = "failed", "Failed"
+
+
+class Decision(models.TextChoices):
     ACCEPTED = "accepted", "Accepted"
     EDITED = "edited", "Edited"
     REJECTED = "rejected", "Rejected"
-    FAILED = "failed", "Failed"
 
 
 class ReviewState(models.TextChoices):
@@ -305,6 +311,9 @@ class Task(models.Model):
     review_state = models.CharField(
         max_length=12, choices=ReviewState.choices, default=ReviewState.OPEN
     )
+    # The decision of the final label once the review state is final (the agreeing readings'
+    # or the adjudication's), else blank. Computed with review_state.
+    outcome = models.CharField(max_length=10, choices=Decision.choices, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -316,10 +325,34 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=Q(state="failed") | Q(error=""), name="task_error_only_when_failed"
             ),
+            models.CheckConstraint(
+                condition=Q(review_state="final", outcome__in=Decision.values)
+                | (~Q(review_state="final") & Q(outcome="")),
+                name="task_outcome_only_when_final",
+            ),
         ]
-        # With id last: the oldest tasks in a state come in index order (claims, "next"),
-        # with no sort over a project's tasks.
-        indexes = [models.Index(fields=["project", "state", "id"], name="task_project_state_id")]
+        # With id last: the oldest tasks of a kind come in index order (claims, "next", a
+        # page of the project), with no sort over a project's tasks. The partial indexes
+        # hold only what they serve: the tasks still to read (the claim query), the
+        # disagreements (the adjudication queue), and the outcomes (the project's filters).
+        indexes = [
+            models.Index(fields=["project", "state", "id"], name="task_project_state_id"),
+            models.Index(
+                fields=["project", "id"],
+                name="task_to_read",
+                condition=Q(state="drafted", review_state__in=["open", "in_review"]),
+            ),
+            models.Index(
+                fields=["project", "id"],
+                name="task_disagreement",
+                condition=Q(review_state="disagreement"),
+            ),
+            models.Index(
+                fields=["project", "outcome", "id"],
+                name="task_outcome",
+                condition=~Q(outcome=""),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Task {self.pk} ({self.state})"
@@ -328,13 +361,15 @@ class Task(models.Model):
         return self.drafts.order_by("-created_at", "-id").first()
 
 
-DECIDED_STATES = frozenset({TaskState.ACCEPTED, TaskState.EDITED, TaskState.REJECTED})
+# The review states in which a task still wants readings.
+TO_READ = (ReviewState.OPEN, ReviewState.IN_REVIEW)
 
 
 class ProjectCounters(models.Model):
-    """A project's tasks by state and its labels, kept in step with every change, in the same
-    transaction (`annotations.counters`): pages read these instead of counting tasks.
-    `python manage.py recount_projects` recomputes them."""
+    """A project's tasks by drafting state, by review (still to read, in review, in
+    disagreement, and final by outcome) and its labels, kept in step with every change, in
+    the same transaction (`annotations.counters`): pages read these instead of counting
+    tasks. `python manage.py recount_projects` recomputes them."""
 
     project = models.OneToOneField(
         Project, on_delete=models.CASCADE, primary_key=True, related_name="counters"
@@ -343,10 +378,15 @@ class ProjectCounters(models.Model):
     queued = models.BigIntegerField(default=0)
     drafting = models.BigIntegerField(default=0)
     drafted = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    # Drafted tasks that still want readings (the reviewers' queue).
+    to_read = models.BigIntegerField(default=0)
+    in_review = models.BigIntegerField(default=0)
+    disagreement = models.BigIntegerField(default=0)
+    # Final tasks by outcome.
     accepted = models.BigIntegerField(default=0)
     edited = models.BigIntegerField(default=0)
     rejected = models.BigIntegerField(default=0)
-    failed = models.BigIntegerField(default=0)
     labels = models.BigIntegerField(default=0, help_text="Labels (decisions) of all reviewers")
 
     class Meta:
@@ -418,12 +458,6 @@ class Draft(models.Model):
 
     def __str__(self) -> str:
         return f"Draft {self.pk} of task {self.task_id}"
-
-
-class Decision(models.TextChoices):
-    ACCEPTED = "accepted", "Accepted"
-    EDITED = "edited", "Edited"
-    REJECTED = "rejected", "Rejected"
 
 
 class Label(models.Model):

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from django.contrib.postgres.aggregates import ArrayAgg
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotations import agreement, counters
 from annotations.access import Can, capabilities
 from annotations.models import (
-    DECIDED_STATES,
+    TO_READ,
     Adjudication,
     Claim,
     Decision,
+    Draft,
     EditAutosave,
     Label,
+    Membership,
     Project,
     PromptTemplate,
     ReviewState,
@@ -41,10 +43,29 @@ def project_tasks_waiting_for_broker(project: Project) -> int:
     return waiting.order_by()[:WAITING_COUNT_LIMIT].count()
 
 
-def project_tasks(project: Project, *, state: str | None = None) -> QuerySet[Task]:
+# The project page's filters: drafting states, then the review. Each is served by an index
+# in id order (see Task.Meta) and counted by a counter of the same name.
+FACETS: tuple[tuple[str, str], ...] = (
+    *TaskState.choices,
+    ("to_read", "To read"),
+    (ReviewState.IN_REVIEW, "In review"),
+    (ReviewState.DISAGREEMENT, "Disagreement"),
+    *Decision.choices,
+)
+_FACET_FILTERS = {
+    **{state: {"state": state} for state in TaskState.values},
+    "to_read": {"state": TaskState.DRAFTED, "review_state__in": TO_READ},
+    ReviewState.IN_REVIEW: {"review_state": ReviewState.IN_REVIEW},
+    ReviewState.DISAGREEMENT: {"review_state": ReviewState.DISAGREEMENT},
+    **{outcome: {"outcome": outcome} for outcome in Decision.values},
+}
+
+
+def project_tasks(project: Project, *, facet: str | None = None) -> QuerySet[Task]:
+    """A project's tasks in id order, all or one facet's (`FACETS`)."""
     tasks = project.tasks.select_related("image").order_by("id")
-    if state:
-        tasks = tasks.filter(state=state)
+    if facet:
+        tasks = tasks.filter(**_FACET_FILTERS[facet])
     return tasks
 
 
@@ -59,13 +80,13 @@ def projects_with_counts(projects: QuerySet[Project]) -> QuerySet[Project]:
 
     return projects.annotate(
         n_tasks=total(*TaskState.values),
-        n_to_review=total(TaskState.DRAFTED),
+        n_to_review=total("to_read"),
         n_pending=total(TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING),
     )
 
 
 def next_task_to_review(project: Project, *, after_id: int = 0) -> Task | None:
-    tasks = project.tasks.filter(state=TaskState.DRAFTED).order_by("id")
+    tasks = project.tasks.filter(state=TaskState.DRAFTED, review_state__in=TO_READ).order_by("id")
     return tasks.filter(id__gt=after_id).first() or tasks.first()
 
 
@@ -80,7 +101,7 @@ def next_claimable(project: Project, reviewer, *, after: Task | None = None) -> 
     claiming it: its image is prefetched while they read."""
     now = timezone.now()
     return (
-        project.tasks.filter(state=TaskState.DRAFTED)
+        project.tasks.filter(state=TaskState.DRAFTED, review_state__in=TO_READ)
         .exclude(pk=after.pk if after else None)
         .exclude(labels__reviewer=reviewer)
         .exclude(claims__expires_at__gt=now)
@@ -91,14 +112,60 @@ def next_claimable(project: Project, reviewer, *, after: Task | None = None) -> 
 
 
 def review_progress(project: Project, reviewer) -> dict[str, int]:
-    """The reviewer's "k of N" and the project's decided share. N: the drafted or decided
-    tasks; k: the reviewer's decided tasks + 1. The project's part from its counters; the
-    reviewer's labels counted on the reviewer's index (their own labels only)."""
+    """The reviewer's "k of N" and the project's decided share (see `progress_of`). The
+    project's part from its counters; the reviewer's labels counted on the reviewer's index
+    (their own labels only)."""
     mine = Label.objects.filter(reviewer=reviewer, task__project=project).count()
-    counts = counters.counts_for(project.pk)
-    decided = sum(counts[s] for s in DECIDED_STATES)
-    n = counts[TaskState.DRAFTED] + decided
-    return {"mine": mine, "k": min(mine + 1, n), "n": n, "decided": decided}
+    return progress_of(counters.counts_for(project.pk), mine)
+
+
+def progress_of(counts: dict[str, int], mine: int) -> dict[str, int]:
+    """N: the drafted tasks (read or not); k: the reviewer's decided tasks + 1; decided:
+    the project's final tasks (a final task drafted again still counts)."""
+    n = max(counts[TaskState.DRAFTED], counts["decided"])
+    return {"mine": mine, "k": min(mine + 1, n), "n": n, "decided": counts["decided"]}
+
+
+def my_labels_in_project(reviewer) -> Subquery:
+    """How many labels `reviewer` has in the project of the outer query's task (OuterRef
+    "project_id" of a task), as a subquery."""
+    mine = (
+        Label.objects.filter(reviewer=reviewer, task__project=OuterRef("task__project"))
+        .order_by()
+        .values("reviewer")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(mine), 0)
+
+
+def review_bundle(task_id: int, user) -> Draft | None:
+    """The newest draft of a task that `user` has just claimed from the queue, with all the
+    review page shows of it in one query: the task, its project and counters, its image,
+    the prompt template; annotated with n_drafts, mine (the user's labels in the project),
+    has_label (theirs on the task), role (theirs in the project) and the text and time of
+    their autosaved edit. None if the task has no draft."""
+    of_task = OuterRef("task_id")
+    autosave = EditAutosave.objects.filter(task=of_task, reviewer=user)
+    drafts = Draft.objects.filter(task=of_task).order_by().values("task").annotate(n=Count("pk"))
+    return (
+        Draft.objects.filter(task_id=task_id)
+        .select_related("task__project__counters", "task__image", "prompt_template")
+        .annotate(
+            n_drafts=Subquery(drafts.values("n")),
+            mine=my_labels_in_project(user),
+            has_label=Exists(Label.objects.filter(task=of_task, reviewer=user)),
+            role=Subquery(
+                Membership.objects.filter(project=OuterRef("task__project"), user=user).values(
+                    "role"
+                )[:1]
+            ),
+            autosave_text=Subquery(autosave.values("text")[:1]),
+            autosave_at=Subquery(autosave.values("updated_at")[:1]),
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
 
 
 def review_summary(project: Project, reviewer) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import shutil
 import tempfile
@@ -19,18 +20,18 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from django.db.models import Case, Count, Exists, F, OuterRef, Q, Subquery, Value, When
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import imaging
 from annotations import counters, messages
 from annotations.models import (
-    DECIDED_STATES,
+    TO_READ,
     Adjudication,
     AuditEvent,
     Claim,
@@ -66,12 +67,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.NEW: frozenset({S.QUEUED}),
     S.QUEUED: frozenset({S.DRAFTING, S.FAILED}),
     S.DRAFTING: frozenset({S.DRAFTED, S.FAILED, S.QUEUED}),
-    S.DRAFTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED}),
-    # A decided task may be drafted again (another model or prompt); its labels stay. An
-    # undone first decision puts it back to drafted.
-    S.ACCEPTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
-    S.EDITED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
-    S.REJECTED: frozenset({S.ACCEPTED, S.EDITED, S.REJECTED, S.QUEUED, S.DRAFTED}),
+    # A drafted task may be drafted again (another model or prompt), read or not: its
+    # labels stay. Decisions do not move it: its review is `review_state` and `outcome`.
+    S.DRAFTED: frozenset({S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED}),
 }
 
@@ -149,7 +147,11 @@ def task_transition(
                 "updated_at",
             ]
         )
-        counters.state_move(task.project_id, before["state"], to)
+        counters.task_moved(
+            task.project_id,
+            (before["state"], task.review_state, task.outcome),
+            (to, task.review_state, task.outcome),
+        )
         after = {"state": to} | ({"error": error} if error else {})
         audit_record(
             action="task.state", actor=actor, task=task, before=before, after=after, reason=reason
@@ -408,7 +410,7 @@ def _ingest_rows(
             return IngestResult(
                 name, "duplicate", f"already in this project as task {task.pk}", task
             )
-        counters.counters_add(project.pk, {S.NEW: 1})
+        counters.task_moved(project.pk, None, (S.NEW, ReviewState.OPEN, ""))
         audit_record(
             action="task.create",
             actor=uploaded_by,
@@ -647,6 +649,49 @@ def label_record(
     Raises ReviewConflict if a newer draft replaced the one the reviewer judged, or if the
     label is no longer at `label_revision`.
     """
+    with transaction.atomic():
+        return _label_write(
+            task_id=task_id,
+            reviewer=reviewer,
+            decision=decision,
+            draft_id=draft_id,
+            text=text,
+            reason=reason,
+            regions=regions,
+            label_revision=label_revision,
+            client_id=client_id,
+            category=category,
+            time_on_task_ms=time_on_task_ms,
+        )
+
+
+def decide_and_claim(
+    *, project: Project, skipped: Sequence[int] = (), **decision: Any
+) -> tuple[Label, Claimed | None]:
+    """`label_record(**decision)`, then `claim_for` the reviewer's next task of `project`,
+    in one transaction: the hot path of the review queue (decide and next)."""
+    with transaction.atomic():
+        label = _label_write(**decision)
+        return label, _claim(project=project, reviewer=decision["reviewer"], skipped=skipped)
+
+
+def _label_write(
+    *,
+    task_id: int,
+    reviewer: AbstractBaseUser,
+    decision: str,
+    draft_id: int,
+    text: str = "",
+    reason: str = "",
+    regions: list[dict] | None = None,
+    label_revision: int = 0,
+    client_id: uuid.UUID | None = None,
+    category: str = "",
+    time_on_task_ms: int | None = None,
+) -> Label:
+    """`label_record` in the caller's transaction. Four statements: the task locked with
+    what the decision is checked against, its readings, the label, and the rest of the
+    writes in one."""
     if decision not in Decision.values:
         raise ValueError(f"unknown decision {decision!r}")
     text, reason = text.strip(), reason.strip()
@@ -657,65 +702,206 @@ def label_record(
     category = "" if decision == Decision.ACCEPTED else category.strip()
     if decision == Decision.REJECTED and not category:
         category = "other"
-    with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task_id)
-        if category and category not in task.project.correction_categories:
-            raise ValueError(f"{category!r} is not one of this project's correction categories.")
-        checked = (
-            validate_regions(regions, width=task.image.width, height=task.image.height)
-            if regions
-            else []
-        )
-        label = Label.objects.filter(task=task, reviewer=reviewer).first()
-        if _repeats(label, client_id, decision, draft_id, text, reason, checked):
-            return label  # already recorded: answered like the first time, no new audit row
-        wanted = task.project.readings_per_task
-        if label is None and wanted > 1 and task.labels.count() >= wanted:
-            raise InvalidTransition(f"task {task.pk} already has its {wanted} readings")
-        if task.state not in DECIDED_STATES and task.state != S.DRAFTED:
-            raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
-        draft = task.latest_draft()
-        if draft is None or draft.pk != draft_id:
-            raise ReviewConflict(NEWER_DRAFT)
-        if (label.revision if label else 0) != label_revision:
-            raise ReviewConflict(LABEL_CHANGED)
-        final = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
-        before = _label_state(label)
-        if label is None:
-            label = Label(task=task, reviewer=reviewer, revision=0)
-        label.revision += 1
-        label.client_id = client_id
-        label.draft, label.decision, label.text = draft, decision, final
-        label.reason = reason if decision == Decision.REJECTED else ""
-        label.regions = checked
-        label.category = category
-        if decision == Decision.REJECTED:
-            label.edit_chars = label.edit_words = None
-        else:
-            label.edit_chars = char_distance(draft.text, final)
-            label.edit_words = word_distance(draft.text, final)
-        label.time_on_task_ms = time_on_task_ms
-        fast = task.project.fast_accept_seconds * 1000
-        label.fast_accept = (
-            decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
-        )
-        label.save()
-        if before is None:
-            counters.counters_add(task.project_id, {"labels": 1})
-        EditAutosave.objects.filter(task=task, reviewer=reviewer).delete()
-        # Released with the decision, so the reader counts once (read) in claim_next.
-        Claim.objects.filter(task=task, reviewer=reviewer).delete()
-        audit_record(
-            action="label.record",
-            actor=reviewer,
-            task=task,
-            before=before,
-            after=_label_state(label),
-            reason=reason,
-        )
-        task_transition(task_id=task.pk, to=decision, actor=reviewer)
-        task_review_state_refresh(task_id=task.pk, actor=reviewer)
+    task = _task_for_decision(task_id)
+    project = task.project
+    if category and category not in project.correction_categories:
+        raise ValueError(f"{category!r} is not one of this project's correction categories.")
+    checked = (
+        validate_regions(regions, width=task.image.width, height=task.image.height)
+        if regions
+        else []
+    )
+    readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
+    label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
+    if _repeats(label, client_id, decision, draft_id, text, reason, checked):
+        return label  # already recorded: answered like the first time, no new audit row
+    wanted = project.readings_per_task
+    if label is None and wanted > 1 and len(readings) >= wanted:
+        raise InvalidTransition(f"task {task.pk} already has its {wanted} readings")
+    if task.state != S.DRAFTED or task.draft_pk is None:
+        raise InvalidTransition(f"task {task.pk} is {task.state}: there is no draft to judge")
+    if task.draft_pk != draft_id:
+        raise ReviewConflict(NEWER_DRAFT)
+    if (label.revision if label else 0) != label_revision:
+        raise ReviewConflict(LABEL_CHANGED)
+    final = {"accepted": task.draft_text, "edited": text, "rejected": ""}[decision]
+    before = _label_state(label)
+    if label is None:
+        label = Label(task=task, reviewer=reviewer, revision=0)
+        readings.append(label)
+    label.revision += 1
+    label.client_id = client_id
+    label.draft_id, label.decision, label.text = draft_id, decision, final
+    label.reason = reason if decision == Decision.REJECTED else ""
+    label.regions = checked
+    label.category = category
+    if decision == Decision.REJECTED:
+        label.edit_chars = label.edit_words = None
+    else:
+        label.edit_chars = char_distance(task.draft_text, final)
+        label.edit_words = word_distance(task.draft_text, final)
+    label.time_on_task_ms = time_on_task_ms
+    fast = project.fast_accept_seconds * 1000
+    label.fast_accept = (
+        decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
+    )
+    label.save()
+    events = [
+        _audit_event("label.record", reviewer, task, before, _label_state(label), reason=reason)
+    ]
+    _review_settle(
+        task,
+        readings,
+        reviewer,
+        events,
+        labels=1 if before is None else 0,
+        release=reviewer.pk,
+    )
     return label
+
+
+def _task_for_decision(task_id: int) -> Task:
+    """The task, locked, with its project and image, and what a decision on it is checked
+    against: its newest draft (`draft_pk`, `draft_text`) and the adjudication's decision
+    (`adjudicated`: blank if none). One statement."""
+    newest = Draft.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-id")
+    adjudication = Adjudication.objects.filter(task=OuterRef("pk"))
+    return (
+        Task.objects.select_for_update(of=("self",))
+        .select_related("project", "image")
+        .annotate(
+            draft_pk=Subquery(newest.values("pk")[:1]),
+            draft_text=Subquery(newest.values("text")[:1]),
+            adjudicated=Coalesce(Subquery(adjudication.values("decision")[:1]), Value("")),
+        )
+        .get(pk=task_id)
+    )
+
+
+def review_of(
+    readings: Sequence[Label], *, wanted: int, words: int, adjudicated: str = ""
+) -> tuple[str, str]:
+    """A task's (review_state, outcome) from its readings, oldest first, and the decision
+    of its adjudication (`adjudicated`, blank if none), which settles it."""
+    if adjudicated:
+        return ReviewState.FINAL, adjudicated
+    if not readings:
+        return ReviewState.OPEN, ""
+    if wanted == 1:
+        return ReviewState.FINAL, readings[0].decision  # its reading is the final label
+    if len(readings) < wanted:
+        return ReviewState.IN_REVIEW, ""
+    if readings_disagree(readings, words=words):
+        return ReviewState.DISAGREEMENT, ""
+    return ReviewState.FINAL, readings[0].decision  # they agree: one decision
+
+
+def _review_settle(
+    task: Task,
+    readings: Sequence[Label],
+    actor: AbstractBaseUser,
+    events: list[AuditEvent],
+    *,
+    labels: int = 0,
+    release: int | None = None,
+) -> None:
+    """After a reading changed: store the task's review state and outcome (with an audit
+    row) if they changed, keep the counters (`labels`: readings added), drop the reader's
+    autosave and claim (`release`: their id), and write `events`. One statement; `task` is
+    locked and annotated by `_task_for_decision`."""
+    project = task.project
+    state, outcome = review_of(
+        readings,
+        wanted=project.readings_per_task,
+        words=project.disagreement_words,
+        adjudicated=task.adjudicated,
+    )
+    before = (task.state, task.review_state, task.outcome)
+    after = (task.state, state, outcome)
+    parts: list[tuple[str, list]] = []
+    if after != before:
+        parts.append(
+            (
+                "UPDATE annotations_task SET review_state = %s, outcome = %s WHERE id = %s",
+                [state, outcome, task.pk],
+            )
+        )
+        events.append(
+            _audit_event(
+                "task.review_state",
+                actor,
+                task,
+                {"review_state": task.review_state, "outcome": task.outcome},
+                {"review_state": state, "outcome": outcome},
+            )
+        )
+        task.review_state, task.outcome = state, outcome
+    deltas = counters.task_deltas(before, after)
+    if labels:
+        deltas["labels"] = labels
+    if deltas:
+        counted_part = counters.add_sql(project.pk, deltas)
+        parts.append(counted_part)
+    if release is not None:
+        for table in ("annotations_editautosave", "annotations_claim"):
+            parts.append(
+                (f"DELETE FROM {table} WHERE task_id = %s AND reviewer_id = %s", [task.pk, release])
+            )
+    if events:
+        parts.append(_audit_sql(events))
+    if not parts:
+        return
+    counted = _execute_together(parts, returning=parts.index(counted_part) + 1 if deltas else None)
+    if deltas and not counted:  # a project without counters yet: count it now
+        counters.recount([project.pk])
+
+
+def _execute_together(parts: list[tuple[str, list]], *, returning: int | None = None):
+    """Run several writes as one statement (data-modifying CTEs: one snapshot, one round
+    trip). `returning`: the 1-based index of a part with RETURNING whose row count to give
+    back. The parts touch different rows, so their order does not matter."""
+    names = [f"w{i}" for i in range(len(parts))]
+    sql = "WITH " + ", ".join(f"{n} AS ({q})" for n, (q, _) in zip(names, parts, strict=True))
+    sql += f" SELECT (SELECT count(*) FROM {names[returning - 1]})" if returning else " SELECT 1"
+    params = [p for _, ps in parts for p in ps]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def _audit_event(action, actor, task, before, after, *, reason: str = "") -> AuditEvent:
+    return AuditEvent(
+        action=action,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        project_id=task.project_id,
+        task=task,
+        before=before,
+        after=after,
+        reason=reason,
+    )
+
+
+def _audit_sql(events: Sequence[AuditEvent]) -> tuple[str, list]:
+    """An INSERT of audit rows, as `audit_record` would write them one by one."""
+    now = timezone.now()
+    rows, params = [], []
+    for e in events:
+        rows.append("(%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)")
+        params += [
+            now,
+            e.actor_id,
+            e.action,
+            e.project_id,
+            e.task_id,
+            None if e.before is None else json.dumps(e.before, cls=DjangoJSONEncoder),
+            None if e.after is None else json.dumps(e.after, cls=DjangoJSONEncoder),
+            e.reason,
+        ]
+    sql = (
+        "INSERT INTO annotations_auditevent "
+        "(at, actor_id, action, project_id, task_id, before, after, reason) VALUES "
+    )
+    return sql + ", ".join(rows), params
 
 
 class UndoRefused(Exception):
@@ -725,19 +911,6 @@ class UndoRefused(Exception):
 NOTHING_TO_UNDO = "There is no decision of yours to undo on this task."
 UNDO_ADJUDICATED = "This task has been adjudicated since your decision: it cannot be undone."
 UNDO_CHANGED = "Your decision on this task changed since (another tab): undo it there."
-
-
-def task_adjudicated(task: Task) -> bool:
-    """Whether an adjudication settled the task. Looked up by model name, so that this works
-    with or without the Adjudication model."""
-    try:
-        model = apps.get_model("annotations", "Adjudication")
-    except LookupError:
-        return False
-    for field in model._meta.concrete_fields:
-        if field.is_relation and field.related_model is Task:
-            return model._default_manager.filter(**{field.name: task.pk}).exists()
-    return False
 
 
 _RESTORED_FIELDS = (
@@ -763,10 +936,11 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
     last decision wrote (undone already, or changed since).
     """
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task_id)
-        if task_adjudicated(task):
+        task = _task_for_decision(task_id)
+        if task.adjudicated:
             raise UndoRefused(UNDO_ADJUDICATED)
-        label = Label.objects.filter(task=task, reviewer=reviewer).first()
+        readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
+        label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
         record = (
             AuditEvent.objects.filter(task=task, actor=reviewer, action="label.record")
             .order_by("-id")
@@ -779,7 +953,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         current, restored = _label_state(label), record.before
         if restored is None:
             label.delete()
-            counters.counters_add(task.project_id, {"labels": -1})
+            readings.remove(label)
         else:
             for name in _RESTORED_FIELDS:
                 setattr(label, name, restored[name])
@@ -788,15 +962,8 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
             label.client_id = None
             label.save()
             restored = _label_state(label)
-        audit_record(action="label.undo", actor=reviewer, task=task, before=current, after=restored)
-        # The state the decision moved the task from, unless it moved again since.
-        moves = AuditEvent.objects.filter(task=task, action="task.state", id__gt=record.pk)
-        moved = list(moves.order_by("id").values_list("actor_id", "before")[:2])
-        if len(moved) == 1 and moved[0][0] == reviewer.pk:
-            previous = (moved[0][1] or {}).get("state")
-            if previous and previous != task.state:
-                task = task_transition(task_id=task.pk, to=previous, actor=reviewer, reason="undo")
-        task_review_state_refresh(task_id=task.pk, actor=reviewer)
+        events = [_audit_event("label.undo", reviewer, task, current, restored)]
+        _review_settle(task, readings, reviewer, events, labels=-1 if restored is None else 0)
         Claim.objects.update_or_create(
             task_id=task.pk,
             reviewer=reviewer,
@@ -874,42 +1041,15 @@ def readings_disagree(readings: Sequence[Label], *, words: int) -> bool:
     return False
 
 
-def _review_state_of(task: Task) -> str:
-    if Adjudication.objects.filter(task=task).exists():
-        return ReviewState.FINAL
-    readings = list(task.labels.only("decision", "text"))
-    wanted = task.project.readings_per_task
-    if not readings:
-        return ReviewState.OPEN
-    if wanted == 1:
-        return ReviewState.FINAL  # its reading is the final label
-    if len(readings) < wanted:
-        return ReviewState.IN_REVIEW
-    if readings_disagree(readings, words=task.project.disagreement_words):
-        return ReviewState.DISAGREEMENT
-    return ReviewState.FINAL
-
-
 def task_review_state_refresh(*, task_id: int, actor: AbstractBaseUser | None = None) -> str:
-    """Compute a task's review state from its readings and adjudication, store it if it
-    changed (with an audit row) and return it. Every service that records or undoes a
-    reading or an adjudication calls this, in its transaction."""
+    """Compute a task's review state and outcome from its readings and adjudication, store
+    them if they changed (with an audit row and the counters) and return the state. The
+    services that record or undo a reading or an adjudication do this in their transaction."""
     with transaction.atomic():
-        task = (
-            Task.objects.select_for_update(of=("self",)).select_related("project").get(pk=task_id)
-        )
-        state = _review_state_of(task)
-        if state != task.review_state:
-            before = {"review_state": task.review_state}
-            Task.objects.filter(pk=task.pk).update(review_state=state)
-            audit_record(
-                action="task.review_state",
-                actor=actor,
-                task=task,
-                before=before,
-                after={"review_state": state},
-            )
-    return state
+        task = _task_for_decision(task_id)
+        readings = list(task.labels.order_by("created_at", "id"))
+        _review_settle(task, readings, actor, [])
+    return task.review_state
 
 
 def project_reading_settings_set(
@@ -997,7 +1137,7 @@ def adjudication_record(
             after=_adjudication_state(adjudication),
             reason=reason,
         )
-        task_review_state_refresh(task_id=task.pk, actor=adjudicator)
+        task_review_state_refresh(task_id=task.pk, actor=adjudicator)  # final, its outcome
     return adjudication
 
 
@@ -1021,88 +1161,170 @@ def _claim_expiry():
     return timezone.now() + timedelta(seconds=settings.MEDANNOT_CLAIM_SECONDS)
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What `claim_for` gives: the claimed task's id, and the task the queue would give
+    next (not claimed: its image is prefetched while the reviewer reads)."""
+
+    task_id: int
+    upcoming_id: int | None = None
+    upcoming_image: Image | None = None
+
+
 def claim_next(
     *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
 ) -> Task | None:
+    """Claim the next task of `project` that `reviewer` has not read (see `claim_for`), with
+    its project and image; None when nothing is left for them."""
+    claimed = claim_for(project=project, reviewer=reviewer, skipped=skipped)
+    if claimed is None:
+        return None
+    return Task.objects.select_related("project", "image").get(pk=claimed.task_id)
+
+
+# The candidates: drafted tasks still to read (the task_to_read partial index, in id order)
+# that the reader has not read and fewer than `wanted` readers hold or have read. Locked
+# with SKIP LOCKED: two readers never wait for each other, nor get the same row.
+_CANDIDATES = """
+SELECT t.id, t.image_id FROM annotations_task t
+WHERE t.project_id = %(project)s AND t.state = 'drafted' AND t.review_state = ANY(%(to_read)s)
+  AND {where}
+  AND NOT EXISTS (
+    SELECT 1 FROM annotations_label l WHERE l.task_id = t.id AND l.reviewer_id = %(me)s)
+  AND {readers} < %(wanted)s
+ORDER BY {order} LIMIT 1 {lock}
+"""
+_ONE_READER = (
+    "(SELECT count(*) FROM annotations_claim c WHERE c.task_id = t.id AND c.expires_at > %(now)s)"
+)
+_READERS = (
+    "((SELECT count(*) FROM annotations_label l WHERE l.task_id = t.id)"
+    " + (SELECT count(*) FROM annotations_claim c"
+    " WHERE c.task_id = t.id AND c.expires_at > %(now)s))"
+)
+_HELD = """
+SELECT c.task_id AS id, t.image_id FROM annotations_claim c
+JOIN annotations_task t ON t.id = c.task_id
+WHERE c.reviewer_id = %(me)s AND t.project_id = %(project)s AND c.expires_at > %(now)s
+  AND t.state = 'drafted' AND t.review_state = ANY(%(to_read)s)
+ORDER BY c.created_at LIMIT 1
+"""
+# Under the row lock, with a fresh snapshot: the readers counted again (a claim committed
+# after the candidates' snapshot is seen here), expired claims of others taken over, and
+# the claim written; no row when the task has its readers by now.
+_TAKE = """
+WITH gone AS (
+  DELETE FROM annotations_claim
+  WHERE task_id = %(task)s AND reviewer_id <> %(me)s AND expires_at <= %(now)s
+)
+INSERT INTO annotations_claim (task_id, reviewer_id, expires_at, created_at)
+SELECT %(task)s, %(me)s, %(expiry)s, %(now)s
+WHERE NOT EXISTS (
+    SELECT 1 FROM annotations_label WHERE task_id = %(task)s AND reviewer_id = %(me)s)
+  AND (SELECT count(*) FROM annotations_label WHERE task_id = %(task)s)
+    + (SELECT count(*) FROM annotations_claim
+       WHERE task_id = %(task)s AND reviewer_id <> %(me)s AND expires_at > %(now)s)
+    < %(wanted)s
+ON CONFLICT (task_id, reviewer_id)
+DO UPDATE SET expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at
+RETURNING task_id
+"""
+
+
+def claim_for(
+    *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
+) -> Claimed | None:
+    with transaction.atomic():
+        return _claim(project=project, reviewer=reviewer, skipped=skipped)
+
+
+def _claim(
+    *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
+) -> Claimed | None:
     """Claim the next task of `project` that `reviewer` has not read and that fewer than the
     project's readings per task readers hold or have read, oldest first; None when nothing
     is left for them.
 
-    With one reading per task, a drafted task nobody else holds. With double reading, a
-    drafted or decided task still in review, handed to up to `readings_per_task` different
-    readers. The reviewer's own live claim in the project comes first (a second tab, Start
-    again). Tasks locked by another claim are skipped, not waited for (SKIP LOCKED), and the
-    readers are counted again under the task's lock; an expired claim is taken over.
-    `skipped`: task ids the reviewer skipped, in order, which come last (the most recently
-    skipped last of all).
+    With one reading per task, a drafted task nobody holds; with double reading, one still
+    in review, handed to up to `readings_per_task` different readers. The reviewer's own
+    live claim in the project comes first (a second tab, Start again). Tasks locked by
+    another claim are skipped, not waited for (SKIP LOCKED), and the readers are counted
+    again under the lock; an expired claim is taken over. `skipped`: task ids the reviewer
+    skipped, in order, which come last (the most recently skipped last of all).
+
+    Two statements as a rule: the candidates (with the held claim and the task after), and
+    the claim.
     """
     now = timezone.now()
-    wanted = project.readings_per_task
-    states = [S.DRAFTED] if wanted == 1 else [S.DRAFTED, *DECIDED_STATES]
-    in_review = [ReviewState.OPEN, ReviewState.IN_REVIEW]
-    with transaction.atomic():
-        held = Claim.objects.filter(
-            reviewer=reviewer, task__project=project, task__state__in=states, expires_at__gt=now
-        )
-        if wanted > 1:
-            held = held.filter(task__review_state__in=in_review)
-        held = held.order_by("created_at").first()
-        if held is not None:
-            Claim.objects.filter(pk=held.pk).update(expires_at=_claim_expiry())
-            return Task.objects.select_related("project", "image").get(pk=held.task_id)
-        read = Label.objects.filter(task=OuterRef("pk"), reviewer=reviewer)
-        live = Claim.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
-        order: list[Any] = ["id"]
-        if skipped:
-            whens = [When(pk=pk, then=Value(i)) for i, pk in enumerate(skipped, start=1)]
-            order.insert(0, Case(*whens, default=Value(0)))
-        candidates = Task.objects.filter(project=project, state__in=states).exclude(Exists(read))
-        if wanted == 1:
-            candidates = candidates.exclude(Exists(live))
-        else:
-            labels = Label.objects.filter(task=OuterRef("pk"))
-            candidates = (
-                candidates.filter(review_state__in=in_review)
-                .alias(readers=_count_of(labels) + _count_of(live))
-                .filter(readers__lt=wanted)
-            )
-        candidates = candidates.select_for_update(skip_locked=True, of=("self",)).order_by(*order)
-        passed: list[int] = []
+    args: dict[str, Any] = {
+        "project": project.pk,
+        "me": reviewer.pk,
+        "now": now,
+        "expiry": now + timedelta(seconds=settings.MEDANNOT_CLAIM_SECONDS),
+        "wanted": project.readings_per_task,
+        "to_read": list(TO_READ),
+        "skipped": list(skipped) or [0],
+        "passed": [0],
+    }
+    readers = _ONE_READER if project.readings_per_task == 1 else _READERS
+    locked = "FOR UPDATE OF t SKIP LOCKED"
+    not_skipped = "NOT t.id = ANY(%(skipped)s) AND NOT t.id = ANY(%(passed)s)"
+    fresh = _CANDIDATES.format(where=not_skipped, readers=readers, order="t.id", lock=locked)
+    again = _CANDIDATES.format(
+        where="t.id = ANY(%(skipped)s) AND NOT t.id = ANY(%(passed)s)",
+        readers=readers,
+        order="array_position(%(skipped)s, t.id)",
+        lock=locked,
+    )
+    # The task after the fresh one, for the page to prefetch: not locked, so that other
+    # readers can claim it meanwhile.
+    after = _CANDIDATES.format(
+        where=not_skipped + " AND t.id > COALESCE((SELECT max(id) FROM fresh), 0)",
+        readers=readers,
+        order="t.id",
+        lock="",
+    )
+    # The held claim first, then fresh tasks in id order, then skipped ones in skip order;
+    # the task after last, never claimed here.
+    query = (
+        f"WITH held AS ({_HELD}), fresh AS MATERIALIZED ({fresh}), after AS ({after})"
+        + (f", again AS MATERIALIZED ({again})" if skipped else "")
+        + " SELECT x.id, x.rank, i.id, i.file, i.kind, i.sha256 FROM ("
+        " SELECT id, image_id, 0 AS rank FROM held"
+        " UNION ALL SELECT id, image_id, 1 FROM fresh"
+        + (" UNION ALL SELECT id, image_id, 2 FROM again" if skipped else "")
+        + " UNION ALL SELECT id, image_id, 3 FROM after"
+        + ") x JOIN annotations_image i ON i.id = x.image_id ORDER BY x.rank"
+    )
+    with connection.cursor() as cursor:
         while True:
-            task_id = candidates.exclude(pk__in=passed).values_list("pk", flat=True).first()
-            if task_id is None:
-                return None
-            # The row is ours now; these statements see claims and readings committed since
-            # the first one began (read committed), which that one could not.
-            holders = set(
-                Claim.objects.filter(task_id=task_id, expires_at__gt=now)
-                .exclude(reviewer=reviewer)
-                .values_list("reviewer_id", flat=True)
-            )
-            readers = (
-                set(Label.objects.filter(task_id=task_id).values_list("reviewer_id", flat=True))
-                if wanted > 1
-                else set()
-            )
-            if reviewer.pk in readers or len(holders | readers) >= wanted:
-                passed.append(task_id)
-                continue
-            # Expired claims of others are taken over: their renewals fail from now on.
-            Claim.objects.filter(task_id=task_id, expires_at__lte=now).exclude(
-                reviewer=reviewer
-            ).delete()
-            Claim.objects.update_or_create(
-                task_id=task_id,
-                reviewer=reviewer,
-                defaults={"expires_at": _claim_expiry(), "created_at": now},
-            )
-            return Task.objects.select_related("project", "image").get(pk=task_id)
+            cursor.execute(query, args)
+            rows = cursor.fetchall()
+            if not any(rank < 3 for _, rank, *_ in rows):
+                return None  # nothing left, or all of it held by others right now
+            for k, (task_id, rank, *_) in enumerate(rows):
+                if rank == 3:
+                    break  # every candidate was read meanwhile: look again
+                if rank == 0:  # the reviewer's own live claim
+                    cursor.execute(
+                        "UPDATE annotations_claim SET expires_at = %(expiry)s "
+                        "WHERE task_id = %(task)s AND reviewer_id = %(me)s",
+                        args | {"task": task_id},
+                    )
+                    return _claimed(rows, k)
+                cursor.execute(_TAKE, args | {"task": task_id})
+                if cursor.fetchone() is not None:
+                    return _claimed(rows, k)
+                args["passed"].append(task_id)  # its readers came meanwhile
 
 
-def _count_of(rows) -> Coalesce:
-    """How many of `rows` (a queryset filtered on OuterRef("pk")) there are, as a subquery."""
-    counted = rows.order_by().values("task").annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(counted), 0)
+def _claimed(rows: list[tuple], k: int) -> Claimed:
+    task_id = rows[k][0]
+    after = next((row for row in rows[k + 1 :] if row[0] != task_id), None)
+    if after is None:
+        return Claimed(task_id)
+    _, _, image_id, file, kind, sha256 = after
+    return Claimed(task_id, after[0], Image(pk=image_id, file=file, kind=kind, sha256=sha256))
 
 
 def claim_renew(*, task_id: int, reviewer: AbstractBaseUser) -> bool:

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core import signing
 from django.core.paginator import Paginator
 from django.http import (
     FileResponse,
@@ -26,6 +27,7 @@ from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retar
 
 import imaging
 from annotations import (
+    counters,
     exports,
     health,
     previews,
@@ -40,6 +42,7 @@ from annotations import (
 from annotations.access import (
     Can,
     capabilities,
+    capabilities_of,
     draft_for_user,
     image_for_user,
     project_for_user,
@@ -73,13 +76,13 @@ def project_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for_user(request.user, project_id)
-    state = request.GET.get("state") or None
-    if state not in TaskState.values:
+    state = request.GET.get("state") or None  # a facet: a drafting state, or the review's
+    if state not in dict(selectors.FACETS):
         state = None
     counts = selectors.project_task_counts(project)
     # Paged, counted by the project's counters: a project of a million tasks renders as
     # fast as one of 100.
-    paginator = Paginator(selectors.project_tasks(project, state=state), TASKS_PER_PAGE)
+    paginator = Paginator(selectors.project_tasks(project, facet=state), TASKS_PER_PAGE)
     paginator.count = counts[state] if state else counts["total"]
     page = paginator.get_page(request.GET.get("page"))
     may = _may(request.user, project)
@@ -108,6 +111,7 @@ def _project_status(project, counts: dict[str, int]) -> dict:
         "project": project,
         "counts": counts,
         "state_counts": [(value, label, counts[value]) for value, label in TaskState.choices],
+        "facet_counts": [(value, label, counts[value]) for value, label in selectors.FACETS],
         "polling": polling,
         "gpu_workers": health.gpu_workers() if polling and broker_up else None,
         "broker_down": not broker_up,
@@ -302,32 +306,34 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     conflict, kept = "", None
     if form.is_valid():
         data = form.cleaned_data
+        decision = dict(
+            task_id=task.pk,
+            reviewer=request.user,
+            decision=data["decision"],
+            draft_id=data["draft_id"],
+            text=data["text"],
+            reason=data["reason"],
+            regions=data["regions"],
+            label_revision=data["label_revision"],
+            client_id=data["client_id"],
+            category=data["category"],
+            time_on_task_ms=reviewtime.time_on_task_ms(
+                data["rendered_at"], task_id=task.pk, user_id=request.user.pk
+            ),
+        )
+        # From the queue (or without JavaScript): the decision and the next claim in one
+        # transaction, and the next task straight away.
+        queue = not request.htmx or request.POST.get("queue") == "1"
         try:
-            services.label_record(
-                task_id=task.pk,
-                reviewer=request.user,
-                decision=data["decision"],
-                draft_id=data["draft_id"],
-                text=data["text"],
-                reason=data["reason"],
-                regions=data["regions"],
-                label_revision=data["label_revision"],
-                client_id=data["client_id"],
-                category=data["category"],
-                time_on_task_ms=reviewtime.time_on_task_ms(
-                    data["rendered_at"], task_id=task.pk, user_id=request.user.pk
-                ),
-            )
+            if queue:
+                return _decide_and_next(request, task, decision)
+            services.label_record(**decision)  # it released the claim with the decision
         except (services.ReviewConflict, services.InvalidTransition) as exc:
             # Show what is saved now, with a fresh form on it that keeps what was typed.
             conflict, kept, form = str(exc), data, None
             status = 409
         else:
-            # label_record released the claim with the decision.
             request.session[_last_decided_key(task.project_id)] = task.pk  # for Undo
-            # From the queue (or without JavaScript): straight on to the next claimed task.
-            if not request.htmx or request.POST.get("queue") == "1":
-                return _queue_next(request, task.project)
             task.refresh_from_db()
             form = None
     else:
@@ -375,27 +381,21 @@ def _review_context(
         elif sentinel is None and (autosave := selectors.edit_autosave_for(task, request.user)):
             if autosave.text != text:  # an edit that a closed tab or a lost connection left
                 text, restored = autosave.text, autosave
-        form = DecisionForm(
-            categories=categories,
-            initial={
-                "draft_id": draft.pk,
-                "label_revision": label.revision if label else 0,
-                "client_id": uuid.uuid4(),  # one per form shown: a repost of it is a duplicate
-                "text": text,
-                "reason": reason,
-                "regions": json.dumps(regions) if regions else "",
-                "category": category,
-                "edit_category": edit_category,
-                "rendered_at": rendered_at,
-            },
+        form = _decision_form(
+            request,
+            task,
+            draft,
+            text=text,
+            label=label,
+            reason=reason,
+            regions=regions,
+            category=category,
+            edit_category=edit_category,
+            rendered_at=rendered_at,
+            autosave=sentinel is None,
         )
-    if form is not None and sentinel is None:  # the edit is kept on the server as typed
-        form.fields["text"].widget.attrs |= {
-            "hx-post": reverse("task-autosave", args=[task.pk]),
-            "hx-trigger": "keyup changed delay:1s",
-            "hx-target": "#autosave-status",
-            "hx-swap": "innerHTML",
-        }
+    elif form is not None and sentinel is None:
+        _autosaving(form, task)
     return {
         **review,
         "task": task,
@@ -418,14 +418,65 @@ def _review_context(
     }
 
 
+def _decision_form(
+    request: HttpRequest,
+    task,
+    draft,
+    *,
+    text: str,
+    label=None,
+    reason: str = "",
+    regions=(),
+    category: str = "",
+    edit_category: str | None = None,
+    rendered_at: str = "",
+    autosave: bool = True,
+) -> DecisionForm:
+    """A fresh decision form on `draft` (and the reviewer's `label`, if any)."""
+    categories = task.project.correction_categories
+    if edit_category is None:
+        edit_category = WORDING_ONLY if WORDING_ONLY in categories else ""
+    form = DecisionForm(
+        categories=categories,
+        initial={
+            "draft_id": draft.pk,
+            "label_revision": label.revision if label else 0,
+            "client_id": uuid.uuid4(),  # one per form shown: a repost of it is a duplicate
+            "text": text,
+            "reason": reason,
+            "regions": json.dumps(regions) if regions else "",
+            "category": category,
+            "edit_category": edit_category,
+            # Time on task counts from the first render of a decision form on this task.
+            "rendered_at": rendered_at
+            or reviewtime.rendered_at_sign(task_id=task.pk, user_id=request.user.pk),
+        },
+    )
+    if autosave:
+        _autosaving(form, task)
+    return form
+
+
+def _autosaving(form: DecisionForm, task) -> None:
+    """The edit is kept on the server as typed."""
+    form.fields["text"].widget.attrs |= {
+        "hx-post": reverse("task-autosave", args=[task.pk]),
+        "hx-trigger": "keyup changed delay:1s",
+        "hx-target": "#autosave-status",
+        "hx-swap": "innerHTML",
+    }
+
+
 def _queue_context(request: HttpRequest, task, may: dict[str, bool]) -> dict:
     """The review queue on the review page: whether the reviewer holds this task (then the
     page renews the claim and offers Skip), "k of N", and the task to prefetch."""
     if not may["review"]:
         return {}
     upcoming = selectors.next_claimable(task.project, request.user, after=task)
+    undo = _undo_target(request, task.project_id)
     return {
-        "undo_task": request.session.get(_last_decided_key(task.project_id)),
+        "undo_task": undo,
+        "undo_token": _undo_token(request, task.project_id, undo) if undo else "",
         "in_queue": selectors.claim_held(task, request.user),
         "progress": selectors.review_progress(task.project, request.user),
         "upcoming": upcoming,
@@ -442,17 +493,90 @@ def _last_decided_key(project_id: int) -> str:
     return f"review-last-{project_id}"
 
 
-def _queue_next(request: HttpRequest, project) -> HttpResponse:
+def _queue_next(request: HttpRequest, project, *, decided: int | None = None) -> HttpResponse:
     """Claim the reviewer's next task: with htmx its review area replaces the current one
-    (and the address follows); without, a redirect. At the end, the queue's summary."""
+    (and the address follows); without, a redirect. At the end, the queue's summary.
+    `decided`: the task whose decision Undo reverts, if the page said."""
     if (sentinel := _sentinel_next(request, project)) is not None:
         return _show_next(request, sentinel.task)
     skipped = request.session.get(_skipped_key(project), [])
-    task = services.claim_next(project=project, reviewer=request.user, skipped=skipped)
-    if task is None:
+    claimed = services.claim_for(project=project, reviewer=request.user, skipped=skipped)
+    return _claimed_next(request, project, claimed, decided=decided)
+
+
+def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse:
+    """Record the decision and claim the next task in one transaction, then show it. A
+    sentinel due next is served after the decision, as `_queue_next` would."""
+    project = task.project
+    skipped = request.session.get(_skipped_key(project), [])
+    if project.sentinel_share > 0:
+        services.label_record(**decision)
+        request.session[_last_decided_key(project.pk)] = task.pk
+        return _queue_next(request, project, decided=task.pk)
+    _, claimed = services.decide_and_claim(project=project, skipped=skipped, **decision)
+    return _claimed_next(request, project, claimed, decided=task.pk)
+
+
+def _claimed_next(request: HttpRequest, project, claimed, *, decided: int | None = None):
+    if claimed is None:
         url = reverse("review-done", args=[project.pk])
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    return _show_next(request, task)
+    url = reverse("task-detail", args=[claimed.task_id])
+    if not request.htmx:
+        # What Undo reverts rides along, signed: a decision writes no session.
+        undo = f"?{urlencode({'undo': _undo_token(request, project.pk, decided)})}"
+        return redirect(url + (undo if decided else ""))
+    context = _claimed_context(request, claimed, decided=decided)
+    if context is None:  # no draft any more, or read meanwhile: the full review context
+        return _show_next(request, task_for_user(request.user, claimed.task_id, Can.REVIEW))
+    return _in_review_area(render(request, "annotations/task_detail.html#next-task", context), url)
+
+
+def _claimed_context(request: HttpRequest, claimed, *, decided: int | None) -> dict | None:
+    """The review context of a task the reviewer has just claimed, from one query
+    (`selectors.review_bundle`): unread by them, in their queue, with its newest draft."""
+    draft = selectors.review_bundle(claimed.task_id, request.user)
+    if draft is None or draft.has_label:
+        return None
+    task = draft.task
+    project, image = task.project, task.image
+    may = _may_as(request.user, draft.role)
+    row = getattr(project, "counters", None)  # None: not counted yet
+    counts = (
+        counters.with_totals({name: getattr(row, name) for name in counters.FIELDS})
+        if row is not None
+        else counters.counts_for(project.pk)
+    )
+    restored = None
+    text = draft.text
+    if draft.autosave_text is not None and draft.autosave_text != draft.text:
+        text = draft.autosave_text  # an edit that a closed tab or a lost connection left
+        restored = {"updated_at": draft.autosave_at}
+    upcoming = claimed.upcoming_image
+    undo = decided or request.session.get(_last_decided_key(project.pk))
+    return {
+        "draft": draft,
+        "n_drafts": draft.n_drafts,
+        "label": None,
+        "other_labels": [],
+        "task": task,
+        "project": project,
+        "image": image,
+        "image_properties": imaging.inspect.reviewer_properties(image),
+        "image_present": previews.image_file_present(image),
+        "dzi_url": tiles.dzi_url(image, request.user),
+        "form": _decision_form(request, task, draft, text=text),
+        "restored": restored,
+        "label_diff": None,
+        "may": may,
+        "next_task": None,
+        "undo_task": undo,
+        "undo_token": _undo_token(request, project.pk, undo) if undo else "",
+        "in_queue": True,
+        "progress": selectors.progress_of(counts, draft.mine),
+        "upcoming": {"pk": claimed.upcoming_id} if upcoming else None,
+        "upcoming_dzi": tiles.dzi_url(upcoming, request.user) if upcoming else "",
+    }
 
 
 def _show_next(request: HttpRequest, task) -> HttpResponse:
@@ -466,11 +590,40 @@ def _show_in_review_area(request: HttpRequest, task) -> HttpResponse:
     if not request.htmx:
         return redirect(url)
     context = _review_context(request, task)
-    response = render(request, "annotations/task_detail.html#next-task", context)
+    return _in_review_area(render(request, "annotations/task_detail.html#next-task", context), url)
+
+
+def _in_review_area(response: HttpResponse, url: str) -> HttpResponse:
     retarget(response, "#review-area")
     reswap(response, "outerHTML")
     push_url(response, url)
     return response
+
+
+_UNDO_SALT = "medannot.review.undo"
+
+
+def _undo_token(request: HttpRequest, project_id: int, task_id: int) -> str:
+    """The Undo button's say of which decision it reverts: signed for this reviewer and
+    project, so that the page, not the session, carries it (no session write a decision)."""
+    return signing.dumps([request.user.pk, project_id, task_id], salt=_UNDO_SALT, compress=False)
+
+
+def _undo_target(request: HttpRequest, project_id: int) -> int | None:
+    """The task whose decision Undo reverts: the page's signed token (the sitting is the
+    page's, for up to 12 hours; after a redirect, the address's), else the session's."""
+    token = request.POST.get("undo", "") or request.GET.get("undo", "")
+    if token:
+        try:
+            user_id, signed_project, task_id = signing.loads(
+                token, salt=_UNDO_SALT, max_age=12 * 3600
+            )
+        except (signing.BadSignature, TypeError, ValueError):
+            return None
+        if (user_id, signed_project) == (request.user.pk, project_id) and isinstance(task_id, int):
+            return task_id
+        return None
+    return request.session.get(_last_decided_key(project_id))
 
 
 @require_POST
@@ -482,7 +635,7 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
     the task has been adjudicated, or when there is nothing to undo."""
     project = project_for_user(request.user, project_id, Can.REVIEW)
     key = _last_decided_key(project.pk)
-    task_id = request.session.get(key)
+    task_id = _undo_target(request, project.pk)
     try:
         if task_id is None:
             raise services.UndoRefused("There is no decision of yours to undo in this sitting.")
@@ -495,7 +648,7 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
         retarget(response, "#undo-status")
         reswap(response, "innerHTML")
         return response
-    del request.session[key]
+    request.session.pop(key, None)
     # The task shown when Undo was pressed goes back to the pool.
     shown = request.POST.get("current", "")
     if shown.isdigit() and int(shown) != task.pk:
@@ -658,7 +811,7 @@ def task_skip(request: HttpRequest, task_id: int) -> HttpResponse:
     key = _skipped_key(task.project)
     skipped = [pk for pk in request.session.get(key, []) if pk != task.pk]
     request.session[key] = [*skipped, task.pk][-500:]
-    return _queue_next(request, task.project)
+    return _queue_next(request, task.project, decided=_undo_target(request, task.project_id))
 
 
 @require_POST
@@ -769,6 +922,12 @@ def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
 def _may(user, project) -> dict[str, bool]:
     """What the user may do in this project, for templates: may.review, may.upload..."""
     granted = capabilities(user, project)
+    return {can.value: can in granted for can in Can}
+
+
+def _may_as(user, role: str | None) -> dict[str, bool]:
+    """`_may` from the user's role, read with the page's own query."""
+    granted = capabilities_of(user, role)
     return {can.value: can in granted for can in Can}
 
 

@@ -28,7 +28,8 @@ def make_image(**fields) -> Image:
 
 def make_task(project, *, state: str = TaskState.NEW, image: Image | None = None) -> Task:
     task = Task.objects.create(project=project, image=image or make_image(), state=state)
-    counters.counters_add(project.pk, {state: 1})  # as ingest and task_transition keep them
+    # As ingest and task_transition keep them.
+    counters.task_moved(project.pk, None, (state, task.review_state, task.outcome))
     return task
 
 

@@ -78,7 +78,7 @@ def test_a_reading_frees_no_place_for_a_third_reader(double):
     task = make_drafted_task(double.project)
     services.claim_next(project=double.project, reviewer=double.pathologist)
     read(task, double.pathologist)
-    assert task.__class__.objects.get(pk=task.pk).state == TaskState.ACCEPTED  # as before
+    assert task.__class__.objects.get(pk=task.pk).outcome == ""  # not final yet
     assert review_state(task) == ReviewState.IN_REVIEW
     assert services.claim_next(project=double.project, reviewer=double.reader2) == task
     assert services.claim_next(project=double.project, reviewer=double.reader3) is None
@@ -242,7 +242,7 @@ def test_fleiss_kappa_on_the_textbook_example():
 def test_the_backfill_gives_labelled_tasks_a_final_review_state(people):
     labelled, fresh = make_drafted_task(people.project), make_drafted_task(people.project)
     read(labelled, people.pathologist)
-    Task.objects.update(review_state=ReviewState.OPEN)
+    Task.objects.update(review_state=ReviewState.OPEN, outcome="")
     assert review_states_backfill(Task, Label) == 1
     assert review_state(labelled) == ReviewState.FINAL and review_state(fresh) == ReviewState.OPEN
 

@@ -111,8 +111,8 @@ def test_upload_draft_review_export(
             reverse("task-decide", args=[task.pk]), decision | {"draft_id": draft_id}, **HTMX
         )
         assert r.status_code == 200, r.content.decode()
-    states = [Task.objects.get(pk=t.pk).state for t in tasks]
-    assert states == ["accepted", "edited", "rejected"]
+    outcomes = [Task.objects.get(pk=t.pk).outcome for t in tasks]
+    assert outcomes == ["accepted", "edited", "rejected"]
 
     # An admin exports; every line is checked.
     export = client_for(admin).get(reverse("project-export", args=[project.pk]))

@@ -262,7 +262,7 @@ def test_a_sentinel_on_a_task_the_reader_labelled_hides_and_keeps_the_label(
     assert decide(client, task, form_of(page), "rejected", **fields).status_code == 200
     label = Label.objects.get()
     assert (label.decision, label.revision) == ("accepted", 1)
-    assert Task.objects.get(pk=task.pk).state == TaskState.ACCEPTED
+    assert Task.objects.get(pk=task.pk).outcome == "accepted"
 
 
 def test_the_catch_rate_of_each_reader_is_shown(people, client_for, sentinel):

@@ -20,7 +20,7 @@ def test_it_claims_a_queued_task_once(people):
 def test_it_refuses_invalid_transitions(people):
     task = make_task(people.project)
     with pytest.raises(services.InvalidTransition):
-        services.task_transition(task_id=task.pk, to=TaskState.ACCEPTED)
+        services.task_transition(task_id=task.pk, to="accepted")
     with pytest.raises(services.InvalidTransition):
         services.task_transition(task_id=task.pk, to=TaskState.DRAFTED)
     task.refresh_from_db()
@@ -73,7 +73,9 @@ def test_it_records_accept_edit_and_reject(people):
         reason="Wrong organ.",
     )
     states = dict(
-        Task.objects.filter(pk__in=[accepted.pk, edited.pk, rejected.pk]).values_list("pk", "state")
+        Task.objects.filter(pk__in=[accepted.pk, edited.pk, rejected.pk]).values_list(
+            "pk", "outcome"
+        )
     )
     assert states == {accepted.pk: "accepted", edited.pk: "edited", rejected.pk: "rejected"}
     assert Label.objects.get(task=edited).text == "Fibroadenoma."
