@@ -6,4 +6,5 @@ DEFAULT_QUEUE = "celery"  # light work (sweeps), on a worker of its own: never b
 DRAFT_TASK = "inference.tasks.draft_task"
 SWEEP_TASK = "inference.tasks.sweep_task"
 TMP_SWEEP_TASK = "inference.tasks.sweep_tmp_task"
+CLAIM_SWEEP_TASK = "inference.tasks.sweep_claims_task"  # abandoned review claims
 PREVIEW_TASK = "inference.tasks.preview_task"  # previews and thumbnails, on the CPU queue

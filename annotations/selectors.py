@@ -273,3 +273,17 @@ def project_agreement(project: Project) -> dict | None:
         "kappa_name": "Cohen's kappa" if wanted == 2 else "Fleiss' kappa",
         "mean_words": sum(distances) / len(distances) if distances else None,
     }
+
+
+def projects_page(
+    projects: QuerySet[Project], *, after: tuple[str, int] | None = None, limit: int
+) -> list[Project]:
+    """A keyset page of `projects`, by name then id: up to `limit` + 1 of those after `after`
+    (the name and id of the previous page's last project), the extra one telling whether a
+    next page exists. Page N costs what page 1 does: no OFFSET, the name index gives the start.
+    """
+    if after is not None:
+        name, pk = after
+        # `name >=` bounds the index scan; the exclude drops at most the rows of that name.
+        projects = projects.filter(name__gte=name).exclude(name=name, pk__lte=pk)
+    return list(projects.order_by("name", "pk")[: limit + 1])

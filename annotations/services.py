@@ -1493,3 +1493,32 @@ def draft_fail(*, task_id: int, attempt: int, error: str) -> None:
         if task.state != S.DRAFTING or task.attempt != attempt:
             return
         task_transition(task_id=task_id, to=S.FAILED, error=error[:5000])
+
+
+# Review claims: the sweep ----------------------------------------------------------------
+
+CLAIM_SWEEP_BATCH = 5000
+
+
+def claims_sweep_expired(*, grace_s: float = 0) -> int:
+    """Delete review claims that expired more than `grace_s` seconds ago: claim_next takes an
+    expired claim over only when someone claims its task, so abandoned ones would stay.
+    Returns how many were deleted.
+
+    Deletes CLAIM_SWEEP_BATCH rows per statement, so a backlog never holds many row locks at
+    once. The expiry is checked again on each row deleted: a claim renewed meanwhile stays.
+    """
+    if grace_s < 0:
+        raise ValueError("grace_s must not be negative: live claims would be deleted")
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    expired = Claim.objects.filter(expires_at__lt=cutoff)
+    removed = 0
+    while True:
+        batch = expired.order_by().values("pk")[:CLAIM_SWEEP_BATCH]
+        deleted, _ = expired.filter(pk__in=batch).delete()
+        removed += deleted
+        if deleted < CLAIM_SWEEP_BATCH:
+            break
+    if removed:
+        log.info("deleted %s review claim(s) expired more than %s s ago", removed, grace_s)
+    return removed

@@ -65,11 +65,39 @@ PENDING = {TaskState.NEW, TaskState.QUEUED, TaskState.DRAFTING}
 TASKS_PER_PAGE = 100
 
 
+PROJECTS_PER_PAGE = 50
+
+
+def _project_cursor(value: str) -> tuple[str, int] | None:
+    """The key `?after=<name>,<id>` of the project list's next page; None (page 1) for
+    anything else: the name may hold commas, the id is last."""
+    name, _, pk = value.rpartition(",")
+    if not (pk.isascii() and pk.isdigit()) or not 0 < int(pk) < 2**63:
+        return None
+    # Longer than any name (200), or with a NUL, which PostgreSQL refuses in text.
+    if not name or len(name) > 200 or "\x00" in name:
+        return None
+    return name, int(pk)
+
+
 @require_GET
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
-    projects = selectors.projects_with_counts(projects_for_user(request.user))
-    return render(request, "annotations/project_list.html", {"projects": projects})
+    """The user's projects by name, PROJECTS_PER_PAGE at a time, paged by keyset: a superuser
+    may see thousands, and page N costs what page 1 does."""
+    after = _project_cursor(request.GET.get("after", ""))
+    projects = selectors.projects_page(
+        selectors.projects_with_counts(projects_for_user(request.user)),
+        after=after,
+        limit=PROJECTS_PER_PAGE,
+    )
+    last = projects[PROJECTS_PER_PAGE - 1] if len(projects) > PROJECTS_PER_PAGE else None
+    context = {
+        "projects": projects[:PROJECTS_PER_PAGE],
+        "after": after,
+        "next_query": urlencode({"after": f"{last.name},{last.pk}"}) if last else "",
+    }
+    return render(request, "annotations/project_list.html", context)
 
 
 @require_GET

@@ -7,6 +7,7 @@ from django.conf import settings
 
 from annotations.previews import preview_make
 from annotations.queues import (
+    CLAIM_SWEEP_TASK,
     DEFAULT_QUEUE,
     DRAFT_TASK,
     GPU_QUEUE,
@@ -14,7 +15,7 @@ from annotations.queues import (
     SWEEP_TASK,
     TMP_SWEEP_TASK,
 )
-from annotations.services import tasks_sweep_stuck, uploads_sweep_tmp
+from annotations.services import claims_sweep_expired, tasks_sweep_stuck, uploads_sweep_tmp
 from inference.services import drafts_run
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def sweep_task() -> None:
 def sweep_tmp_task() -> None:
     """Delete the temporary files of interrupted uploads (celery beat, every hour)."""
     uploads_sweep_tmp(older_than_s=settings.MEDANNOT_TMP_MAX_AGE_SECONDS)
+
+
+@shared_task(name=CLAIM_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
+def sweep_claims_task() -> None:
+    """Delete review claims abandoned long enough ago (celery beat, every hour)."""
+    claims_sweep_expired(grace_s=settings.MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS)
 
 
 @shared_task(name=PREVIEW_TASK, queue=DEFAULT_QUEUE, ignore_result=True)

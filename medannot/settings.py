@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from annotations.queues import (
+    CLAIM_SWEEP_TASK,
     DEFAULT_QUEUE,
     DRAFT_TASK,
     GPU_QUEUE,
@@ -222,6 +223,11 @@ MEDANNOT_TILE_CACHE_BYTES = envint("MEDANNOT_TILE_CACHE_BYTES", str(2 * 1024**3)
 MEDANNOT_CLAIM_SECONDS = envint("MEDANNOT_CLAIM_SECONDS", "900")
 if MEDANNOT_CLAIM_SECONDS < 120:
     raise ImproperlyConfigured("MEDANNOT_CLAIM_SECONDS must be at least 120 (renewed every 60)")
+# Claims expired for longer than this are deleted by the hourly sweep. Until then a page
+# that comes back (a laptop woken) can still renew its claim, if nobody took the task over.
+MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS = envint("MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS", "3600")
+if MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS < 0:
+    raise ImproperlyConfigured("MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS must not be negative")
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
@@ -280,6 +286,7 @@ CELERY_TASK_ROUTES = {
     DRAFT_TASK: {"queue": GPU_QUEUE},
     SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     TMP_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
+    CLAIM_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     PREVIEW_TASK: {"queue": DEFAULT_QUEUE},
 }
 CELERY_TASK_ACKS_LATE = True
@@ -308,6 +315,7 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-drafts": {"task": SWEEP_TASK, "schedule": 60.0},
     "sweep-upload-tmp": {"task": TMP_SWEEP_TASK, "schedule": 3600.0},
+    "sweep-expired-claims": {"task": CLAIM_SWEEP_TASK, "schedule": 3600.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

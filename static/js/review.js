@@ -66,10 +66,21 @@
   // After a decision is saved, or the next task is swapped in, htmx gives the focus back to
   // the field of the same id: keys would type into it. Leave the field; a new task's title
   // takes the focus, so that a screen reader says which task this is.
+  // A refused decision (409: decided elsewhere meanwhile; 422: the form is incomplete)
+  // swaps in a message: it takes the focus, so that a screen reader says it and the keys
+  // work at once (the focus would otherwise fall to the page, or stay in a field).
   document.addEventListener("htmx:afterSettle", function (event) {
     var xhr = event.detail.xhr;
     var target = event.detail.target;
-    if (!xhr || xhr.status !== 200 || !target || (target.id !== "decision" && target.id !== "review-area")) {
+    if (!xhr || !target || (target.id !== "decision" && target.id !== "review-area")) {
+      return;
+    }
+    if (xhr.status === 409 || xhr.status === 422) {
+      var message = document.getElementById("conflict") || document.getElementById("decision-errors");
+      if (message) { message.focus(); }
+      return;
+    }
+    if (xhr.status !== 200) {
       return;
     }
     var title = document.getElementById("review-title");
