@@ -510,7 +510,8 @@ def _queue_context(request: HttpRequest, task, may: dict[str, bool]) -> dict:
     if not may["review"]:
         return {}
     upcoming = selectors.next_claimable(task.project, request.user, after=task)
-    undo = _undo_target(request, task.project_id)
+    # After a decision without JavaScript, the redirect's address carries it.
+    undo = _undo_target(request, task.project_id, request.GET.get("undo", ""))
     return {
         "undo_task": undo,
         "undo_token": _undo_token(request, task.project_id, undo) if undo else "",
@@ -555,14 +556,14 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
 
 
 def _claimed_next(request: HttpRequest, project, claimed, *, decided: int | None = None):
+    # What Undo reverts rides along in the address, signed: a decision writes no session.
+    undo = f"?{urlencode({'undo': _undo_token(request, project.pk, decided)})}" if decided else ""
     if claimed is None:
-        url = reverse("review-done", args=[project.pk])
+        url = reverse("review-done", args=[project.pk]) + undo
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     url = reverse("task-detail", args=[claimed.task_id])
     if not request.htmx:
-        # What Undo reverts rides along, signed: a decision writes no session.
-        undo = f"?{urlencode({'undo': _undo_token(request, project.pk, decided)})}"
-        return redirect(url + (undo if decided else ""))
+        return redirect(url + undo)
     context = _claimed_context(request, claimed, decided=decided)
     if context is None:  # no draft any more, or read meanwhile: the full review context
         return _show_next(request, task_for_user(request.user, claimed.task_id, Can.REVIEW))
@@ -646,10 +647,9 @@ def _undo_token(request: HttpRequest, project_id: int, task_id: int) -> str:
     return signing.dumps([request.user.pk, project_id, task_id], salt=_UNDO_SALT, compress=False)
 
 
-def _undo_target(request: HttpRequest, project_id: int) -> int | None:
-    """The task whose decision Undo reverts: the page's signed token (the sitting is the
-    page's, for up to 12 hours; after a redirect, the address's), else the session's."""
-    token = request.POST.get("undo", "") or request.GET.get("undo", "")
+def _undo_target(request: HttpRequest, project_id: int, token: str) -> int | None:
+    """The task whose decision Undo reverts: `token`, the page's (signed; the sitting is
+    the page's, for up to 12 hours), else the session's (a decision outside the queue)."""
     if token:
         try:
             user_id, signed_project, task_id = signing.loads(
@@ -672,7 +672,7 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
     the task has been adjudicated, or when there is nothing to undo."""
     project = project_for_user(request.user, project_id, Can.REVIEW)
     key = _last_decided_key(project.pk)
-    task_id = _undo_target(request, project.pk)
+    task_id = _undo_target(request, project.pk, request.POST.get("undo", ""))
     try:
         if task_id is None:
             raise services.UndoRefused("There is no decision of yours to undo in this sitting.")
@@ -829,10 +829,13 @@ def review_start(request: HttpRequest, project_id: int) -> HttpResponse:
 def review_done(request: HttpRequest, project_id: int) -> HttpResponse:
     """The end of the queue: what the reviewer decided in the project."""
     project = project_for_user(request.user, project_id, Can.REVIEW)
+    token = request.GET.get("undo", "")
     context = {
         "project": project,
         "summary": selectors.review_summary(project, request.user),
         "waiting": selectors.next_claimable(project, request.user) is not None,
+        # The last decision of the queue can still be undone from here.
+        "undo_token": token if _undo_target(request, project.pk, token) else "",
     }
     return render(request, "annotations/review_done.html", context)
 
@@ -848,7 +851,8 @@ def task_skip(request: HttpRequest, task_id: int) -> HttpResponse:
     key = _skipped_key(task.project)
     skipped = [pk for pk in request.session.get(key, []) if pk != task.pk]
     request.session[key] = [*skipped, task.pk][-500:]
-    return _queue_next(request, task.project, decided=_undo_target(request, task.project_id))
+    undo = _undo_target(request, task.project_id, request.POST.get("undo", ""))
+    return _queue_next(request, task.project, decided=undo)
 
 
 @require_POST
