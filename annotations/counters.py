@@ -74,6 +74,16 @@ def add_sql(project_id: int, deltas: Mapping[str, int]) -> tuple[str, list]:
     return sql, [*(deltas[name] for name in names), project_id]
 
 
+def reader_add_sql(project_id: int, reviewer_id: int, n: int) -> tuple[str, list]:
+    """Add `n` to a reader's labels in a project, as SQL (a row made on first use)."""
+    sql = (
+        "INSERT INTO annotations_readercounters (project_id, reviewer_id, labels) "
+        "VALUES (%s, %s, %s) ON CONFLICT (project_id, reviewer_id) "
+        "DO UPDATE SET labels = annotations_readercounters.labels + EXCLUDED.labels"
+    )
+    return sql, [project_id, reviewer_id, n]
+
+
 def task_moved(project_id: int, before: Facts | None, after: Facts | None) -> None:
     """One task of the project changed facts (None: created, or gone)."""
     counters_add(project_id, task_deltas(before, after))
@@ -126,6 +136,24 @@ ON CONFLICT (project_id) DO UPDATE SET {", ".join(f"{f} = EXCLUDED.{f}" for f in
 """
 
 
+_RECOUNT_READERS = """
+WITH counted AS (
+    SELECT t.project_id, l.reviewer_id, count(*) AS labels
+    FROM annotations_label l JOIN annotations_task t ON t.id = l.task_id
+    WHERE %s OR t.project_id = ANY(%s)
+    GROUP BY t.project_id, l.reviewer_id
+), zeroed AS (
+    UPDATE annotations_readercounters r SET labels = 0
+    WHERE (%s OR r.project_id = ANY(%s)) AND NOT EXISTS (
+        SELECT 1 FROM counted c
+        WHERE c.project_id = r.project_id AND c.reviewer_id = r.reviewer_id)
+)
+INSERT INTO annotations_readercounters (project_id, reviewer_id, labels)
+SELECT project_id, reviewer_id, labels FROM counted
+ON CONFLICT (project_id, reviewer_id) DO UPDATE SET labels = EXCLUDED.labels
+"""
+
+
 def recount(project_ids: Iterable[int] | None = None, *, using=None) -> int:
     """Recompute the counters of `project_ids` (None: every project) from the tasks and
     labels; returns how many projects were counted. Plain SQL on the tables, so that a
@@ -143,4 +171,6 @@ def recount(project_ids: Iterable[int] | None = None, *, using=None) -> int:
             [everything, ids or []],
         )
         cursor.execute(_RECOUNT, [everything, ids or []])
-        return cursor.rowcount
+        counted = cursor.rowcount
+        cursor.execute(_RECOUNT_READERS, [everything, ids or []] * 2)
+        return counted

@@ -399,6 +399,25 @@ class ProjectCounters(models.Model):
         return {state: getattr(self, state) for state in TaskState.values}
 
 
+class ReaderCounters(models.Model):
+    """One reader's labels in one project, kept with each decision and undo (the queue's
+    "k of N" reads it instead of counting their labels)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reader_counters")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reader_counters"
+    )
+    labels = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "reviewer"], name="reader_counters_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"Labels of {self.reviewer_id} in {self.project_id}"
+
+
 class Claim(models.Model):
     """A reader's hold on a drafted task while they read it: at most the project's readings
     per task readers hold or have read a task (one, unless double reading). It expires

@@ -20,6 +20,7 @@ from annotations.models import (
     Membership,
     Project,
     PromptTemplate,
+    ReaderCounters,
     ReviewState,
     Task,
     TaskState,
@@ -115,8 +116,9 @@ def review_progress(project: Project, reviewer) -> dict[str, int]:
     """The reviewer's "k of N" and the project's decided share (see `progress_of`). The
     project's part from its counters; the reviewer's labels counted on the reviewer's index
     (their own labels only)."""
-    mine = Label.objects.filter(reviewer=reviewer, task__project=project).count()
-    return progress_of(counters.counts_for(project.pk), mine)
+    mine = ReaderCounters.objects.filter(project=project, reviewer=reviewer)
+    labels = mine.values_list("labels", flat=True).first()
+    return progress_of(counters.counts_for(project.pk), labels or 0)
 
 
 def progress_of(counts: dict[str, int], mine: int) -> dict[str, int]:
@@ -126,17 +128,11 @@ def progress_of(counts: dict[str, int], mine: int) -> dict[str, int]:
     return {"mine": mine, "k": min(mine + 1, n), "n": n, "decided": counts["decided"]}
 
 
-def my_labels_in_project(reviewer) -> Subquery:
-    """How many labels `reviewer` has in the project of the outer query's task (OuterRef
-    "project_id" of a task), as a subquery."""
-    mine = (
-        Label.objects.filter(reviewer=reviewer, task__project=OuterRef("task__project"))
-        .order_by()
-        .values("reviewer")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return Coalesce(Subquery(mine), 0)
+def my_labels_in_project(reviewer) -> Coalesce:
+    """How many labels `reviewer` has in the project of the outer query's draft's task, as
+    a subquery on their counter."""
+    mine = ReaderCounters.objects.filter(reviewer=reviewer, project=OuterRef("task__project"))
+    return Coalesce(Subquery(mine.values("labels")[:1]), 0)
 
 
 def review_bundle(task_id: int, user) -> Draft | None:
@@ -154,7 +150,7 @@ def review_bundle(task_id: int, user) -> Draft | None:
         .annotate(
             n_drafts=Subquery(drafts.values("n")),
             mine=my_labels_in_project(user),
-            has_label=Exists(Label.objects.filter(task=of_task, reviewer=user)),
+            has_label=Exists(Label.objects.filter(task_id=task_id, reviewer=user)),
             role=Subquery(
                 Membership.objects.filter(project=OuterRef("task__project"), user=user).values(
                     "role"

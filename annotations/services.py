@@ -755,6 +755,7 @@ def _label_write(
         reviewer,
         events,
         labels=1 if before is None else 0,
+        reader=reviewer.pk,
         release=reviewer.pk,
     )
     return label
@@ -803,10 +804,12 @@ def _review_settle(
     events: list[AuditEvent],
     *,
     labels: int = 0,
+    reader: int | None = None,
     release: int | None = None,
 ) -> None:
     """After a reading changed: store the task's review state and outcome (with an audit
-    row) if they changed, keep the counters (`labels`: readings added), drop the reader's
+    row) if they changed, keep the counters (`labels`: readings added by `reader`, their
+    id; the project's and theirs), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
     locked and annotated by `_task_for_decision`."""
     project = task.project
@@ -842,6 +845,8 @@ def _review_settle(
     if deltas:
         counted_part = counters.add_sql(project.pk, deltas)
         parts.append(counted_part)
+    if labels:
+        parts.append(counters.reader_add_sql(project.pk, reader, labels))
     if release is not None:
         for table in ("annotations_editautosave", "annotations_claim"):
             parts.append(
@@ -963,7 +968,14 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
             label.save()
             restored = _label_state(label)
         events = [_audit_event("label.undo", reviewer, task, current, restored)]
-        _review_settle(task, readings, reviewer, events, labels=-1 if restored is None else 0)
+        _review_settle(
+            task,
+            readings,
+            reviewer,
+            events,
+            labels=-1 if restored is None else 0,
+            reader=reviewer.pk,
+        )
         Claim.objects.update_or_create(
             task_id=task.pk,
             reviewer=reviewer,
@@ -1268,12 +1280,12 @@ def _claim(
     }
     readers = _ONE_READER if project.readings_per_task == 1 else _READERS
     locked = "FOR UPDATE OF t SKIP LOCKED"
-    not_skipped = "NOT t.id = ANY(%(skipped)s) AND NOT t.id = ANY(%(passed)s)"
+    not_skipped = "NOT t.id = ANY(%(skipped)s::bigint[]) AND NOT t.id = ANY(%(passed)s::bigint[])"
     fresh = _CANDIDATES.format(where=not_skipped, readers=readers, order="t.id", lock=locked)
     again = _CANDIDATES.format(
-        where="t.id = ANY(%(skipped)s) AND NOT t.id = ANY(%(passed)s)",
+        where="t.id = ANY(%(skipped)s::bigint[]) AND NOT t.id = ANY(%(passed)s::bigint[])",
         readers=readers,
-        order="array_position(%(skipped)s, t.id)",
+        order="array_position(%(skipped)s::bigint[], t.id)",
         lock=locked,
     )
     # The task after the fresh one, for the page to prefetch: not locked, so that other

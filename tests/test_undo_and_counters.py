@@ -16,7 +16,15 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from annotations import counters, services
-from annotations.models import AuditEvent, Claim, Label, ProjectCounters, Task, TaskState
+from annotations.models import (
+    AuditEvent,
+    Claim,
+    Label,
+    ProjectCounters,
+    ReaderCounters,
+    Task,
+    TaskState,
+)
 from tests.factories import make_drafted_task, make_task, record_draft
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
@@ -97,6 +105,8 @@ def test_the_counters_follow_a_random_sequence_of_operations(people):
             pass
     assert counters.counts_for(project.pk) == real_counts(project)
     assert counters.counts_for(people.other_project.pk)["total"] == 0
+    mine = ReaderCounters.objects.filter(project=project, reviewer=reviewer).first()
+    assert mine.labels == Label.objects.filter(task__project=project, reviewer=reviewer).count()
 
 
 def test_recount_projects_repairs_counters(people):
