@@ -167,7 +167,7 @@ def test_a_pathologist_works_through_the_claimed_queue_without_reloads(
         page.select_option("#id_category", index=1)
         page.focus("#id_reason")
     page.keyboard.press("Control+Enter")  # the end of the queue
-    page.wait_for_url(f"**{reverse('review-done', args=[project.pk])}")
+    page.wait_for_url(f"**{reverse('review-done', args=[project.pk])}?undo=*")
     summary = " ".join(page.inner_text("#queue-summary").split())
     assert summary == (
         "Queue finished: you decided 3 tasks (1 accepted, 1 edited, 1 rejected). "
