@@ -666,13 +666,22 @@ def label_record(
 
 
 def decide_and_claim(
-    *, project: Project, skipped: Sequence[int] = (), **decision: Any
+    *,
+    project: Project,
+    skipped: Sequence[int] = (),
+    prefetched: int | None = None,
+    **decision: Any,
 ) -> tuple[Label, Claimed | None]:
-    """`label_record(**decision)`, then `claim_for` the reviewer's next task of `project`,
-    in one transaction: the hot path of the review queue (decide and next)."""
+    """`label_record(**decision)`, then the reviewer's next task of `project`, in one
+    transaction: the hot path of the review queue (decide and next). The next task is
+    `prefetched` (claimed ahead by `claim_for`, while they read) if they still hold it;
+    else `claim_for` claims one now."""
+    reviewer = decision["reviewer"]
     with transaction.atomic():
         label = _label_write(**decision)
-        return label, _claim(project=project, reviewer=decision["reviewer"], skipped=skipped)
+        if prefetched is not None and claim_renew(task_id=prefetched, reviewer=reviewer):
+            return label, Claimed(prefetched, prefetched=True)
+        return label, _claim(project=project, reviewer=reviewer, skipped=skipped)
 
 
 def _label_write(
@@ -1181,6 +1190,7 @@ class Claimed:
     task_id: int
     upcoming_id: int | None = None
     upcoming_image: Image | None = None
+    prefetched: bool = False  # claimed ahead, and still held (`decide_and_claim`)
 
 
 def claim_next(
@@ -1219,6 +1229,7 @@ SELECT c.task_id AS id, t.image_id FROM annotations_claim c
 JOIN annotations_task t ON t.id = c.task_id
 WHERE c.reviewer_id = %(me)s AND t.project_id = %(project)s AND c.expires_at > %(now)s
   AND t.state = 'drafted' AND t.review_state = ANY(%(to_read)s)
+  AND NOT c.task_id = ANY(%(passed)s::bigint[])
 ORDER BY c.created_at LIMIT 1
 """
 # Under the row lock, with a fresh snapshot: the readers counted again (a claim committed
@@ -1244,14 +1255,22 @@ RETURNING task_id
 
 
 def claim_for(
-    *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
+    *,
+    project: Project,
+    reviewer: AbstractBaseUser,
+    skipped: Sequence[int] = (),
+    exclude: Sequence[int] = (),
 ) -> Claimed | None:
     with transaction.atomic():
-        return _claim(project=project, reviewer=reviewer, skipped=skipped)
+        return _claim(project=project, reviewer=reviewer, skipped=skipped, exclude=exclude)
 
 
 def _claim(
-    *, project: Project, reviewer: AbstractBaseUser, skipped: Sequence[int] = ()
+    *,
+    project: Project,
+    reviewer: AbstractBaseUser,
+    skipped: Sequence[int] = (),
+    exclude: Sequence[int] = (),
 ) -> Claimed | None:
     """Claim the next task of `project` that `reviewer` has not read and that fewer than the
     project's readings per task readers hold or have read, oldest first; None when nothing
@@ -1262,7 +1281,9 @@ def _claim(
     live claim in the project comes first (a second tab, Start again). Tasks locked by
     another claim are skipped, not waited for (SKIP LOCKED), and the readers are counted
     again under the lock; an expired claim is taken over. `skipped`: task ids the reviewer
-    skipped, in order, which come last (the most recently skipped last of all).
+    skipped, in order, which come last (the most recently skipped last of all). `exclude`:
+    task ids not to give, held or not (the task on screen, when the next one is claimed
+    ahead while the reviewer reads it).
 
     Two statements as a rule: the candidates (with the held claim and the task after), and
     the claim.
@@ -1276,7 +1297,7 @@ def _claim(
         "wanted": project.readings_per_task,
         "to_read": list(TO_READ),
         "skipped": list(skipped) or [0],
-        "passed": [0],
+        "passed": [0, *exclude],
     }
     readers = _ONE_READER if project.readings_per_task == 1 else _READERS
     locked = "FOR UPDATE OF t SKIP LOCKED"

@@ -6,9 +6,11 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core import signing
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import (
     FileResponse,
@@ -19,6 +21,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
@@ -551,8 +554,55 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
         services.label_record(**decision)
         request.session[_last_decided_key(project.pk)] = task.pk
         return _queue_next(request, project, decided=task.pk)
-    _, claimed = services.decide_and_claim(project=project, skipped=skipped, **decision)
+    ahead = cache.get(_ahead_key(request.user.pk, task.pk)) if request.htmx else None
+    _, claimed = services.decide_and_claim(
+        project=project, skipped=skipped, prefetched=ahead and ahead["task"], **decision
+    )
+    if claimed is not None and claimed.prefetched:
+        # Rendered while the reviewer read this task: sent as it is, with the form's time
+        # on task counting from now.
+        cache.delete(_ahead_key(request.user.pk, task.pk))
+        rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
+        html = ahead["html"].replace(RENDERED_AT_LATER, rendered_at)
+        url = reverse("task-detail", args=[claimed.task_id])
+        return _in_review_area(HttpResponse(html), url)
     return _claimed_next(request, project, claimed, decided=task.pk)
+
+
+# The review area of the reviewer's next task is rendered while they read the current one
+# (`review_ahead`), and kept in the cache for the decision to send: deciding then renders
+# nothing. The form's render time is filled in when it is sent.
+RENDERED_AT_LATER = "rendered-at-when-sent"
+
+
+def _ahead_key(user_id: int, task_id: int) -> str:
+    return f"review-ahead:{user_id}:{task_id}"
+
+
+@require_POST
+@never_cache
+@login_required
+def review_ahead(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Claim and render the reviewer's next task while they read `after` (htmx, on load):
+    the decision on `after` then answers at once with it. 204 either way; nothing when
+    there is no next task, without htmx, or with check drafts in the queue (they are drawn
+    at the decision)."""
+    project = project_for_user(request.user, project_id, Can.REVIEW)
+    after = request.POST.get("after", "")
+    if not request.htmx or not after.isdigit() or project.sentinel_share > 0:
+        return HttpResponse(status=204)
+    skipped = request.session.get(_skipped_key(project), [])
+    claimed = services.claim_for(
+        project=project, reviewer=request.user, skipped=skipped, exclude=[int(after)]
+    )
+    if claimed is None:
+        return HttpResponse(status=204)
+    context = _claimed_context(request, claimed, decided=int(after), ahead=True)
+    if context is not None:
+        html = render_to_string("annotations/task_detail.html#next-task", context, request)
+        ahead = {"task": claimed.task_id, "html": html}
+        cache.set(_ahead_key(request.user.pk, int(after)), ahead, settings.MEDANNOT_CLAIM_SECONDS)
+    return HttpResponse(status=204)
 
 
 def _claimed_next(request: HttpRequest, project, claimed, *, decided: int | None = None):
@@ -570,9 +620,13 @@ def _claimed_next(request: HttpRequest, project, claimed, *, decided: int | None
     return _in_review_area(render(request, "annotations/task_detail.html#next-task", context), url)
 
 
-def _claimed_context(request: HttpRequest, claimed, *, decided: int | None) -> dict | None:
+def _claimed_context(
+    request: HttpRequest, claimed, *, decided: int | None, ahead: bool = False
+) -> dict | None:
     """The review context of a task the reviewer has just claimed, from one query
-    (`selectors.review_bundle`): unread by them, in their queue, with its newest draft."""
+    (`selectors.review_bundle`): unread by them, in their queue, with its newest draft.
+    `ahead`: rendered before the decision on `decided`, to be shown after it (the progress
+    counts that decision, and the form's render time is filled in when it is sent)."""
     draft = selectors.review_bundle(claimed.task_id, request.user)
     if draft is None or draft.has_label:
         return None
@@ -592,6 +646,15 @@ def _claimed_context(request: HttpRequest, claimed, *, decided: int | None) -> d
         restored = {"updated_at": draft.autosave_at}
     upcoming = claimed.upcoming_image
     undo = decided or request.session.get(_last_decided_key(project.pk))
+    progress = selectors.progress_of(counts, draft.mine)
+    if ahead:  # one reading a task: the decision makes it final
+        final = 1 if project.readings_per_task == 1 else 0
+        progress = selectors.progress_of(
+            counts | {"decided": counts["decided"] + final}, draft.mine + 1
+        )
+    form = _decision_form(
+        request, task, draft, text=text, rendered_at=RENDERED_AT_LATER if ahead else ""
+    )
     return {
         "draft": draft,
         "n_drafts": draft.n_drafts,
@@ -603,7 +666,7 @@ def _claimed_context(request: HttpRequest, claimed, *, decided: int | None) -> d
         "image_properties": imaging.inspect.reviewer_properties(image),
         "image_present": previews.image_file_present(image),
         "dzi_url": tiles.dzi_url(image, request.user),
-        "form": _decision_form(request, task, draft, text=text),
+        "form": form,
         "restored": restored,
         "label_diff": None,
         "may": may,
@@ -611,7 +674,7 @@ def _claimed_context(request: HttpRequest, claimed, *, decided: int | None) -> d
         "undo_task": undo,
         "undo_token": _undo_token(request, project.pk, undo) if undo else "",
         "in_queue": True,
-        "progress": selectors.progress_of(counts, draft.mine),
+        "progress": progress,
         "upcoming": {"pk": claimed.upcoming_id} if upcoming else None,
         "upcoming_dzi": tiles.dzi_url(upcoming, request.user) if upcoming else "",
     }

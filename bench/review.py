@@ -227,31 +227,52 @@ def measure(loaded: dict[str, dict], client, args) -> dict[str, dict]:
     from django.urls import reverse
 
     htmx = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
-    at, ms, queries = {}, {label: [] for label in loaded}, {label: [] for label in loaded}
+    labels = list(loaded)
+    at = {}
+    ms = {(label, mode): [] for label in labels for mode in ("ahead", "cold", "render_ahead")}
+    queries = {(label, mode): [] for label in labels for mode in ("ahead", "cold")}
     for label, one in loaded.items():
         response = client.post(reverse("review-start", args=[one["project"].pk]))
         at[label] = int(response["Location"].rstrip("/").rsplit("/", 1)[1])
+    # As the browser does: while the reviewer reads a task, the page asks for the next one
+    # to be claimed and rendered ahead ("ahead", timed apart: nobody waits on it); the
+    # decision is then answered with it. "cold": the decision claims and renders the next
+    # task itself (a reviewer faster than the page's request, or a lost claim).
     timed_ones = args.warmup + args.decisions
-    for k in range(timed_ones + COUNTED):
+    plan = [("ahead", k) for k in range(timed_ones + COUNTED)]
+    plan += [("cold", k) for k in range(args.warmup + args.decisions // 2 + COUNTED)]
+    for mode, k in plan:
+        runs = args.warmup + (args.decisions if mode == "ahead" else args.decisions // 2)
         for label, one in loaded.items():
             task_id = at[label]
+            if mode == "ahead":
+                ahead_url = reverse("review-ahead", args=[one["project"].pk])
+                took, response = timed(
+                    lambda: client.post(ahead_url, {"after": task_id}, HTTP_HX_REQUEST="true")  # noqa: B023
+                )
+                assert response.status_code == 204
+                if args.warmup <= k < runs:
+                    ms[label, "render_ahead"].append(took)
             draft_id = one["draft0"] + task_id - one["task0"]
             data = {"decision": "accepted", "draft_id": draft_id, "queue": "1"}
             url = reverse("task-decide", args=[task_id])
-            if k < timed_ones:
+            if k < runs:
                 took, response = timed(lambda: client.post(url, data, **htmx))  # noqa: B023
                 if k >= args.warmup:
-                    ms[label].append(took)
+                    ms[label, mode].append(took)
             else:
                 with CaptureQueriesContext(connection) as captured:
                     response = client.post(url, data, **htmx)
-                queries[label].append(len(captured))
+                queries[label, mode].append(len(captured))
             assert response.status_code == 200, response.content[:500]
             at[label] = int(TASK_IN_AREA.search(response.content.decode()).group(1))
     figures = {
         label: {
-            "decide_and_next": summary(ms[label]),
-            "queries_per_decision": round(statistics.mean(queries[label]), 1),
+            "decide_and_next": summary(ms[label, "ahead"]),
+            "decide_and_next_cold": summary(ms[label, "cold"]),
+            "render_ahead": summary(ms[label, "render_ahead"]),
+            "queries_per_decision": round(statistics.mean(queries[label, "ahead"]), 1),
+            "queries_per_decision_cold": round(statistics.mean(queries[label, "cold"]), 1),
         }
         for label in loaded
     }
@@ -339,6 +360,12 @@ def main() -> None:
             max(big[p]["p95_ms"] / small[p]["p95_ms"] for p in pages), 2
         ),
         "queries_per_decision": big["queries_per_decision"],
+        # Without the next task rendered ahead (the decision claims and renders it):
+        "cold_p95_ms": big["decide_and_next_cold"]["p95_ms"],
+        "cold_ratio_to_trivial": round(big["decide_and_next_cold"]["p95_ms"] / trivial, 2),
+        "queries_per_decision_cold": big["queries_per_decision_cold"],
+        # The request that renders it ahead, while the reviewer reads (nobody waits on it):
+        "render_ahead_p95_ms": big["render_ahead"]["p95_ms"],
         "pages_p95_ms_1m": {p: big[p]["p95_ms"] for p in pages},
         "pages_p95_ms_10k": {p: small[p]["p95_ms"] for p in pages},
         "decide_p95_ms_10k": small["decide_and_next"]["p95_ms"],

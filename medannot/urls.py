@@ -26,6 +26,7 @@ urlpatterns = [
         name="project-adjudication",
     ),
     path("projects/<int:project_id>/review/done/", views.review_done, name="review-done"),
+    path("projects/<int:project_id>/review/ahead/", views.review_ahead, name="review-ahead"),
     path("projects/<int:project_id>/review/undo/", views.review_undo, name="review-undo"),
     path("tasks/<int:task_id>/redraft/", views.task_redraft, name="task-redraft"),
     path("tasks/<int:task_id>/skip/", views.task_skip, name="task-skip"),

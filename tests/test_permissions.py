@@ -59,6 +59,8 @@ MATRIX = {
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
     "review-start":         (302,  302,  404,  302,  404,  403,  404,  302),
     "review-done":          (200,  200,  404,  200,  404,  403,  404,  302),
+    # the next task claimed and rendered ahead (or nothing to do): 204 either way
+    "review-ahead":         (204,  204,  404,  204,  404,  403,  404,  302),
     # nothing decided in this sitting: 409 (refused, with a message)
     "review-undo":          (409,  409,  404,  409,  404,  403,  404,  302),
     "task-skip":            (302,  302,  404,  302,  404,  403,  404,  302),
@@ -166,6 +168,9 @@ def _request(client, name: str, scene: Scene, user=None):
             return client.post(reverse(name, args=[project_id]))
         case "review-done" | "project-adjudication":
             return client.get(reverse(name, args=[project_id]))
+        case "review-ahead":
+            data = {"after": str(task.pk)}
+            return client.post(reverse(name, args=[project_id]), data, HTTP_HX_REQUEST="true")
         case "task-adjudicate":
             return client.get(reverse(name, args=[task.pk]))
         case "task-skip":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.urls import reverse
 
 from annotations import backfills, counters, services
-from annotations.models import Claim, Label, ReviewState, Task, TaskState
+from annotations.models import Claim, Label, ReviewState, Role, Task, TaskState
 from tests.factories import make_drafted_task, record_draft
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
@@ -126,3 +129,87 @@ def test_the_outcome_backfill_moves_decisions_out_of_the_state(people):
     backfills.outcomes_backfill(connection)
     task = Task.objects.get(pk=task.pk)
     assert (task.state, task.review_state, task.outcome) == ("drafted", "final", "accepted")
+
+
+# The next task rendered ahead ----------------------------------------------------------
+
+
+def ahead(client, project, task):
+    url = reverse("review-ahead", args=[project.pk])
+    return client.post(url, {"after": str(task.pk)}, HTTP_HX_REQUEST="true")
+
+
+def decide_in_queue(client, task):
+    data = {"decision": "accepted", "draft_id": task.latest_draft().pk, "queue": "1"}
+    return client.post(reverse("task-decide", args=[task.pk]), data, **HTMX)
+
+
+def test_the_next_task_claimed_ahead_is_sent_with_the_decision(people, client_for):
+    from django.test.utils import CaptureQueriesContext
+
+    first, second = make_drafted_task(people.project), make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    page = client.get(reverse("task-detail", args=[first.pk])).text
+    assert 'hx-trigger="load delay:300ms"' in page and f'"after": "{first.pk}"' in page
+    assert ahead(client, people.project, first).status_code == 204
+    held = Claim.objects.filter(reviewer=people.pathologist).values_list("task_id", flat=True)
+    assert sorted(held) == [first.pk, second.pk]  # the next one is held while they read
+    data = {"decision": "accepted", "draft_id": first.latest_draft().pk, "queue": "1"}
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(reverse("task-decide", args=[first.pk]), data, **HTMX)
+    assert response.status_code == 200 and f"Review task {second.pk}" in response.text
+    assert response["HX-Retarget"] == "#review-area"
+    assert response["HX-Push-Url"] == reverse("task-detail", args=[second.pk])
+    assert "rendered-at-when-sent" not in response.text
+    assert "Task 2 of 2" in response.text and 'name="undo" value="' in response.text
+    # Savepoints included: nothing claimed and no page query, the next task was ready.
+    assert len(queries) <= 10
+    # The form's time on task counts from when it was sent.
+    rendered_at = re.search(r'name="rendered_at" value="([^"]+)"', response.text).group(1)
+    data = {"decision": "accepted", "draft_id": second.latest_draft().pk, "queue": "1"}
+    client.post(reverse("task-decide", args=[second.pk]), data | {"rendered_at": rendered_at})
+    assert 0 <= Label.objects.get(task=second).time_on_task_ms < 60_000
+
+
+@pytest.fixture
+def second_pathologist(people):
+    user = get_user_model().objects.create_user("petra", password="password")
+    services.membership_set(project=people.project, user=user, role=Role.PATHOLOGIST)
+    return user
+
+
+def test_a_next_task_lost_meanwhile_is_claimed_again_at_the_decision(
+    people, client_for, second_pathologist
+):
+    first, second, third = (make_drafted_task(people.project) for _ in range(3))
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    ahead(client, people.project, first)
+    services.claim_release(task_id=second.pk, reviewer=people.pathologist)  # lost
+    assert services.claim_next(project=people.project, reviewer=second_pathologist) == second
+    response = decide_in_queue(client, first)
+    assert f"Review task {third.pk}" in response.text  # not the one taken by another
+
+
+def test_nothing_is_claimed_ahead_without_htmx_or_with_check_drafts(people, client_for):
+    first, _ = make_drafted_task(people.project), make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    url = reverse("review-ahead", args=[people.project.pk])
+    assert client.post(url, {"after": str(first.pk)}).status_code == 204  # no htmx
+    assert client.post(url, {"after": "x"}, HTTP_HX_REQUEST="true").status_code == 204
+    assert Claim.objects.filter(reviewer=people.pathologist).count() == 1
+    people.project.sentinel_share = 0.2
+    people.project.save(update_fields=["sentinel_share"])
+    assert ahead(client, people.project, first).status_code == 204
+    assert Claim.objects.filter(reviewer=people.pathologist).count() == 1
+
+
+def test_the_end_of_the_queue_claims_nothing_ahead(people, client_for):
+    only = make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    assert ahead(client, people.project, only).status_code == 204
+    response = decide_in_queue(client, only)
+    assert response["HX-Redirect"].startswith(reverse("review-done", args=[people.project.pk]))
