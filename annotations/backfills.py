@@ -5,7 +5,13 @@ Plain functions on the model classes given, so a migration never imports service
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 from django.db.models import Exists, OuterRef, Subquery
+
+from annotations import agreement
+from annotations.textdiff import word_distance
 
 
 def review_states_backfill(task_model, label_model) -> int:
@@ -49,3 +55,26 @@ def outcomes_backfill(connection) -> None:
             "UPDATE annotations_task SET review_state = 'open' "
             "WHERE review_state = 'final' AND outcome = ''"
         )
+
+
+def agreement_cells_recount(project, label_model, cell_model) -> None:
+    """Compute `project`'s agreement cells from its labels, in one pass in task order, and
+    store them in place of those kept (call in a transaction)."""
+    cells: Counter = Counter()
+    if project.readings_per_task > 1:
+        labels = (
+            label_model.objects.filter(task__project_id=project.pk)
+            .order_by("task_id", "created_at", "id")
+            .values_list("task_id", "decision", "text")
+        )
+        for _, rows in itertools.groupby(labels.iterator(chunk_size=2000), key=lambda r: r[0]):
+            readings = [(decision, text) for _, decision, text in rows]
+            cells.update(
+                agreement.task_cells(
+                    readings, wanted=project.readings_per_task, distance=word_distance
+                )
+            )
+    cell_model.objects.filter(project_id=project.pk).delete()
+    cell_model.objects.bulk_create(
+        cell_model(project_id=project.pk, key=key, value=n) for key, n in cells.items() if n
+    )

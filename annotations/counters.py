@@ -84,6 +84,17 @@ def reader_add_sql(project_id: int, reviewer_id: int, n: int) -> tuple[str, list
     return sql, [project_id, reviewer_id, n]
 
 
+def agreement_add_sql(project_id: int, deltas: Mapping[str, int]) -> tuple[str, list]:
+    """Add `deltas` to a project's agreement cells, as SQL (rows made on first use)."""
+    rows = ", ".join(["(%s, %s, %s)"] * len(deltas))
+    sql = (
+        f"INSERT INTO annotations_agreementcell (project_id, key, value) VALUES {rows} "
+        "ON CONFLICT (project_id, key) "
+        "DO UPDATE SET value = annotations_agreementcell.value + EXCLUDED.value"
+    )
+    return sql, [x for key, n in sorted(deltas.items()) for x in (project_id, key, n)]
+
+
 def task_moved(project_id: int, before: Facts | None, after: Facts | None) -> None:
     """One task of the project changed facts (None: created, or gone)."""
     counters_add(project_id, task_deltas(before, after))

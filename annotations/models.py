@@ -418,6 +418,24 @@ class ReaderCounters(models.Model):
         return f"Labels of {self.reviewer_id} in {self.project_id}"
 
 
+class AgreementCell(models.Model):
+    """One kept sum of a double-read project's agreement between readers (see
+    `annotations.agreement.task_cells`), changed with each reading: the project page reads
+    these few rows, never the labels."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agreement")
+    key = models.CharField(max_length=40)
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key"], name="agreement_cell_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} = {self.value} in {self.project_id}"
+
+
 class Claim(models.Model):
     """A reader's hold on a drafted task while they read it: at most the project's readings
     per task readers hold or have read a task (one, unless double reading). It expires

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.contrib.postgres.aggregates import ArrayAgg
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -12,6 +11,7 @@ from annotations.access import Can, capabilities
 from annotations.models import (
     TO_READ,
     Adjudication,
+    AgreementCell,
     Claim,
     Decision,
     Draft,
@@ -236,39 +236,12 @@ def task_readings(task: Task) -> dict:
 def project_agreement(project: Project) -> dict | None:
     """Agreement between readers over the project's tasks read by two or more: percent
     agreement and kappa on decisions (Cohen's for two readings a task, Fleiss' for more) and
-    the mean word distance between readers' kept texts. One grouped query; None when the
-    project reads each task once."""
+    the mean word distance between readers' kept texts. From the project's kept cells (a
+    few rows, whatever its size); None when the project reads each task once."""
     if project.readings_per_task < 2:
         return None
-    rows = (
-        Label.objects.filter(task__project=project)
-        .values("task")
-        .annotate(
-            n=Count("id"),
-            decisions=ArrayAgg("decision", order_by=("created_at", "id")),
-            texts=ArrayAgg("text", order_by=("created_at", "id")),
-        )
-        .filter(n__gte=2)
-        .values_list("decisions", "texts")
-    )
-    ratings, distances = [], []
-    for decisions, texts in rows:
-        ratings.append(decisions)
-        kept = [t for d, t in zip(decisions, texts, strict=True) if d != Decision.REJECTED]
-        distances += [word_distance(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :]]
-    wanted = project.readings_per_task
-    if wanted == 2:
-        kappa = agreement.cohen_kappa([(d[0], d[1]) for d in ratings])
-    else:
-        kappa = agreement.fleiss_kappa([d for d in ratings if len(d) == wanted])
-    percent = agreement.percent_agreement(ratings)
-    return {
-        "tasks": len(ratings),
-        "percent": percent * 100 if percent is not None else None,
-        "kappa": kappa,
-        "kappa_name": "Cohen's kappa" if wanted == 2 else "Fleiss' kappa",
-        "mean_words": sum(distances) / len(distances) if distances else None,
-    }
+    cells = dict(AgreementCell.objects.filter(project=project).values_list("key", "value"))
+    return agreement.summary(cells, wanted=project.readings_per_task)
 
 
 def projects_page(

@@ -7,6 +7,7 @@ inside a transaction with the task row locked, and appends an audit event.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -16,23 +17,24 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import imaging
-from annotations import counters, messages
+from annotations import agreement, backfills, counters, messages
 from annotations.models import (
     TO_READ,
     Adjudication,
+    AgreementCell,
     AuditEvent,
     Claim,
     Decision,
@@ -684,6 +686,22 @@ def decide_and_claim(
         return label, _claim(project=project, reviewer=reviewer, skipped=skipped)
 
 
+def decide_locked(
+    *,
+    task: Task,
+    skipped: Sequence[int] = (),
+    prefetched: int | None = None,
+    **decision: Any,
+) -> tuple[Label, Claimed | None]:
+    """`decide_and_claim` in the caller's transaction, on a task it has locked
+    (`task_for_decision`): the label and the other writes, then the next task."""
+    reviewer = decision["reviewer"]
+    label = _label_write(locked=task, **decision)
+    if prefetched is not None and claim_renew(task_id=prefetched, reviewer=reviewer):
+        return label, Claimed(prefetched, prefetched=True)
+    return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
+
+
 def _label_write(
     *,
     task_id: int,
@@ -697,10 +715,11 @@ def _label_write(
     client_id: uuid.UUID | None = None,
     category: str = "",
     time_on_task_ms: int | None = None,
+    locked: Task | None = None,
 ) -> Label:
     """`label_record` in the caller's transaction. Four statements: the task locked with
     what the decision is checked against, its readings, the label, and the rest of the
-    writes in one."""
+    writes in one; two when the caller has the task `locked` (`task_for_decision`)."""
     if decision not in Decision.values:
         raise ValueError(f"unknown decision {decision!r}")
     text, reason = text.strip(), reason.strip()
@@ -711,7 +730,7 @@ def _label_write(
     category = "" if decision == Decision.ACCEPTED else category.strip()
     if decision == Decision.REJECTED and not category:
         category = "other"
-    task = _task_for_decision(task_id)
+    task = locked if locked is not None and locked.pk == task_id else _task_for_decision(task_id)
     project = task.project
     if category and category not in project.correction_categories:
         raise ValueError(f"{category!r} is not one of this project's correction categories.")
@@ -720,8 +739,11 @@ def _label_write(
         if regions
         else []
     )
-    readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
+    readings = getattr(task, "readings", None)
+    if readings is None:
+        readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
     label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
+    cells_before = _agreement_cells(readings, project)
     if _repeats(label, client_id, decision, draft_id, text, reason, checked):
         return label  # already recorded: answered like the first time, no new audit row
     wanted = project.readings_per_task
@@ -766,7 +788,88 @@ def _label_write(
         labels=1 if before is None else 0,
         reader=reviewer.pk,
         release=reviewer.pk,
+        cells_before=cells_before,
     )
+    return label
+
+
+def task_for_decision(task_id: int, user: AbstractBaseUser) -> Task | None:
+    """The task locked for a decision by `user`, in the caller's transaction, with all a
+    decision needs in one statement: its project and image, `role` (the user's in the
+    project, None if not a member), `draft_pk` and `draft_text` (its newest draft),
+    `adjudicated` (the adjudication's decision, blank if none) and `readings` (its labels,
+    oldest first). None if there is no such task. The hot path of the review queue: plain
+    SQL, so nothing is compiled per request."""
+    with connection.cursor() as cursor:
+        cursor.execute(_decision_sql(), {"task": task_id, "me": user.pk})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    task_fields, project_fields, image_fields = (_FIELDS[m] for m in (Task, Project, Image))
+    a, b = len(task_fields), len(task_fields) + len(project_fields)
+    c = b + len(image_fields)
+    task = _from_row(Task, task_fields, row[:a])
+    task.project = _from_row(Project, project_fields, row[a:b])
+    task.image = _from_row(Image, image_fields, row[b:c])
+    task.role, task.draft_pk, task.draft_text, task.adjudicated, readings = row[c:]
+    if isinstance(readings, str):
+        readings = json.loads(readings)
+    task.readings = [_label_from_json(task, r) for r in readings or ()]
+    return task
+
+
+_FIELDS = {m: m._meta.concrete_fields for m in (Task, Project, Image)}
+
+
+@functools.cache
+def _decision_sql() -> str:
+    def columns(model, alias):
+        return ", ".join(f'{alias}."{f.column}"' for f in _FIELDS[model])
+
+    return f"""
+SELECT {columns(Task, "t")}, {columns(Project, "p")}, {columns(Image, "i")},
+  (SELECT m.role FROM annotations_membership m
+   WHERE m.project_id = t.project_id AND m.user_id = %(me)s),
+  d.id, d.text,
+  COALESCE((SELECT a.decision FROM annotations_adjudication a WHERE a.task_id = t.id), ''),
+  (SELECT json_agg(l ORDER BY l.created_at, l.id) FROM annotations_label l
+   WHERE l.task_id = t.id)
+FROM annotations_task t
+JOIN annotations_project p ON p.id = t.project_id
+JOIN annotations_image i ON i.id = t.image_id
+LEFT JOIN LATERAL (
+  SELECT id, text FROM annotations_draft WHERE task_id = t.id
+  ORDER BY created_at DESC, id DESC LIMIT 1
+) d ON true
+WHERE t.id = %(task)s
+FOR UPDATE OF t
+"""
+
+
+def _from_row(model, fields, values):
+    """A model instance from its columns as the database gave them (the fields' own
+    conversions applied, as a queryset would)."""
+    converted = [
+        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
+        for f, v in zip(fields, values, strict=True)
+    ]
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
+def _label_from_json(task: Task, row: dict) -> Label:
+    """A label from its row as `json_agg` gives it (times as ISO text, JSON as JSON)."""
+    values = []
+    for f in Label._meta.concrete_fields:
+        v = row[f.column]
+        if v is not None and isinstance(f, models.DateTimeField):
+            v = datetime.fromisoformat(v)
+        elif v is not None and isinstance(f, models.UUIDField):
+            v = uuid.UUID(v)
+        values.append(v)
+    label = Label.from_db(
+        connection.alias, [f.attname for f in Label._meta.concrete_fields], values
+    )
+    label.task = task
     return label
 
 
@@ -815,10 +918,12 @@ def _review_settle(
     labels: int = 0,
     reader: int | None = None,
     release: int | None = None,
+    cells_before: Counter | None = None,
 ) -> None:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
-    id; the project's and theirs), drop the reader's
+    id; the project's and theirs; with double reading the agreement cells, from the task's
+    `cells_before` the change), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
     locked and annotated by `_task_for_decision`."""
     project = task.project
@@ -856,6 +961,10 @@ def _review_settle(
         parts.append(counted_part)
     if labels:
         parts.append(counters.reader_add_sql(project.pk, reader, labels))
+    if cells_before is not None:
+        cells = agreement.cells_delta(cells_before, _agreement_cells(readings, project))
+        if cells:
+            parts.append(counters.agreement_add_sql(project.pk, cells))
     if release is not None:
         for table in ("annotations_editautosave", "annotations_claim"):
             parts.append(
@@ -868,6 +977,18 @@ def _review_settle(
     counted = _execute_together(parts, returning=parts.index(counted_part) + 1 if deltas else None)
     if deltas and not counted:  # a project without counters yet: count it now
         counters.recount([project.pk])
+
+
+def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | None:
+    """What the task of `readings` adds to its project's agreement (None when the project
+    reads each task once: nothing is kept)."""
+    if project.readings_per_task < 2:
+        return None
+    return agreement.task_cells(
+        [(r.decision, r.text) for r in readings],
+        wanted=project.readings_per_task,
+        distance=word_distance,
+    )
 
 
 def _execute_together(parts: list[tuple[str, list]], *, returning: int | None = None):
@@ -964,6 +1085,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
             raise UndoRefused(NOTHING_TO_UNDO)
         if (record.after or {}).get("revision") != label.revision:
             raise UndoRefused(UNDO_CHANGED)
+        cells_before = _agreement_cells(readings, task.project)
         current, restored = _label_state(label), record.before
         if restored is None:
             label.delete()
@@ -984,6 +1106,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
             events,
             labels=-1 if restored is None else 0,
             reader=reviewer.pk,
+            cells_before=cells_before,
         )
         Claim.objects.update_or_create(
             task_id=task.pk,
@@ -1073,6 +1196,13 @@ def task_review_state_refresh(*, task_id: int, actor: AbstractBaseUser | None = 
     return task.review_state
 
 
+def agreement_recount(project: Project) -> None:
+    """Compute a project's agreement cells again from its labels (a change of the readings
+    per task, a repair): one pass over them, in task order."""
+    with transaction.atomic():
+        backfills.agreement_cells_recount(project, Label, AgreementCell)
+
+
 def project_reading_settings_set(
     *,
     project: Project,
@@ -1097,6 +1227,7 @@ def project_reading_settings_set(
             for key, value in after.items():
                 setattr(project, key, value)
             project.save(update_fields=list(after))
+            agreement_recount(project)  # a task's part depends on the readings wanted
             audit_record(
                 action="project.reading_settings",
                 actor=actor,

@@ -11,7 +11,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core import signing
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import (
     FileResponse,
     Http404,
@@ -48,6 +50,7 @@ from annotations.access import (
     capabilities_of,
     draft_for_user,
     image_for_user,
+    is_site_admin,
     project_for_user,
     projects_for_user,
     task_for_user,
@@ -334,6 +337,9 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @never_cache
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
+    queue = not request.htmx or request.POST.get("queue") == "1"
+    if queue and (response := _decide_in_queue(request, task_id)) is not None:
+        return response
     task = task_for_user(request.user, task_id, Can.REVIEW)
     if (sentinel := _sentinel_shown(request, task)) is not None or _sentinel_form(request, task):
         return _sentinel_decide(request, task, sentinel)
@@ -346,21 +352,7 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     conflict, kept = "", None
     if form.is_valid():
         data = form.cleaned_data
-        decision = dict(
-            task_id=task.pk,
-            reviewer=request.user,
-            decision=data["decision"],
-            draft_id=data["draft_id"],
-            text=data["text"],
-            reason=data["reason"],
-            regions=data["regions"],
-            label_revision=data["label_revision"],
-            client_id=data["client_id"],
-            category=data["category"],
-            time_on_task_ms=reviewtime.time_on_task_ms(
-                data["rendered_at"], task_id=task.pk, user_id=request.user.pk
-            ),
-        )
+        decision = _decision_of(request, task, data)
         # From the queue (or without JavaScript): the decision and the next claim in one
         # transaction, and the next task straight away.
         queue = not request.htmx or request.POST.get("queue") == "1"
@@ -545,6 +537,77 @@ def _queue_next(request: HttpRequest, project, *, decided: int | None = None) ->
     return _claimed_next(request, project, claimed, decided=decided)
 
 
+class _GeneralPath(Exception):
+    """Not for the queue's fast path: the general one answers (and renders what it must)."""
+
+
+def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
+    """Decide and next, the hot path: the task locked with all a decision needs in one
+    statement, the writes, and the next task (rendered ahead, or claimed now) in one
+    transaction. None when the general path must answer: check drafts in play, a form
+    to send back (422), a conflict (409)."""
+    if any(key.startswith("review-sentinel-") for key in request.session.keys()):
+        return None
+    user = request.user
+    try:
+        with transaction.atomic():
+            task = services.task_for_decision(task_id, user)
+            if task is None or (task.role is None and not is_site_admin(user)):
+                raise Http404("No such task")
+            if Can.REVIEW not in capabilities_of(user, task.role):
+                raise PermissionDenied(f"Your role in this project cannot {Can.REVIEW.value}.")
+            project = task.project
+            if project.sentinel_share > 0:
+                raise _GeneralPath
+            form = DecisionForm(
+                request.POST,
+                image_size=(task.image.width, task.image.height),
+                categories=project.correction_categories,
+            )
+            if not form.is_valid():
+                raise _GeneralPath
+            ahead = cache.get(_ahead_key(user.pk, task.pk)) if request.htmx else None
+            _, claimed = services.decide_locked(
+                task=task,
+                skipped=request.session.get(_skipped_key(project), []),
+                prefetched=ahead and ahead["task"],
+                **_decision_of(request, task, form.cleaned_data),
+            )
+    except (_GeneralPath, services.ReviewConflict, services.InvalidTransition):
+        return None  # rolled back; the general path finds the same and says so
+    if claimed is not None and claimed.prefetched:
+        return _ahead_sent(request, task, claimed, ahead)
+    return _claimed_next(request, project, claimed, decided=task.pk)
+
+
+def _decision_of(request: HttpRequest, task, data: dict) -> dict:
+    """The decision form's data as `services.label_record` takes it."""
+    return dict(
+        task_id=task.pk,
+        reviewer=request.user,
+        decision=data["decision"],
+        draft_id=data["draft_id"],
+        text=data["text"],
+        reason=data["reason"],
+        regions=data["regions"],
+        label_revision=data["label_revision"],
+        client_id=data["client_id"],
+        category=data["category"],
+        time_on_task_ms=reviewtime.time_on_task_ms(
+            data["rendered_at"], task_id=task.pk, user_id=request.user.pk
+        ),
+    )
+
+
+def _ahead_sent(request: HttpRequest, task, claimed, ahead: dict) -> HttpResponse:
+    """The next task's review area rendered ahead, sent as it is, with the form's time on
+    task counting from now."""
+    cache.delete(_ahead_key(request.user.pk, task.pk))
+    rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
+    html = ahead["html"].replace(RENDERED_AT_LATER, rendered_at)
+    return _in_review_area(HttpResponse(html), reverse("task-detail", args=[claimed.task_id]))
+
+
 def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse:
     """Record the decision and claim the next task in one transaction, then show it. A
     sentinel due next is served after the decision, as `_queue_next` would."""
@@ -559,13 +622,7 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
         project=project, skipped=skipped, prefetched=ahead and ahead["task"], **decision
     )
     if claimed is not None and claimed.prefetched:
-        # Rendered while the reviewer read this task: sent as it is, with the form's time
-        # on task counting from now.
-        cache.delete(_ahead_key(request.user.pk, task.pk))
-        rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
-        html = ahead["html"].replace(RENDERED_AT_LATER, rendered_at)
-        url = reverse("task-detail", args=[claimed.task_id])
-        return _in_review_area(HttpResponse(html), url)
+        return _ahead_sent(request, task, claimed, ahead)
     return _claimed_next(request, project, claimed, decided=task.pk)
 
 

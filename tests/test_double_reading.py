@@ -333,3 +333,81 @@ def test_twenty_readers_in_parallel_read_each_task_twice(people):
     queue = {t.pk for t in selectors.adjudication_queue(project, limit=len(tasks))}
     assert queue == {t for t, s in states.items() if s == ReviewState.DISAGREEMENT}
     json.dumps(list(exports.label_rows(project)))  # the final labels export
+
+
+def _agreement_from_labels(project) -> dict | None:
+    """The agreement as computed over every label, the way the kept cells must agree with."""
+    by_task: dict[int, list] = {}
+    for task_id, decision, text in (
+        Label.objects.filter(task__project=project)
+        .order_by("task_id", "created_at", "id")
+        .values_list("task_id", "decision", "text")
+    ):
+        by_task.setdefault(task_id, []).append((decision, text))
+    ratings = [[d for d, _ in rs] for rs in by_task.values() if len(rs) >= 2]
+    wanted = project.readings_per_task
+    distances = []
+    for rs in by_task.values():
+        kept = [t for d, t in rs if d != "rejected"] if len(rs) >= 2 else []
+        distances += [
+            services.word_distance(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :]
+        ]
+    percent = agreement.percent_agreement(ratings)
+    return {
+        "tasks": len(ratings),
+        "percent": percent * 100 if percent is not None else None,
+        "kappa": agreement.cohen_kappa([(d[0], d[1]) for d in ratings])
+        if wanted == 2
+        else agreement.fleiss_kappa([d for d in ratings if len(d) == wanted]),
+        "kappa_name": "Cohen's kappa" if wanted == 2 else "Fleiss' kappa",
+        "mean_words": sum(distances) / len(distances) if distances else None,
+    }
+
+
+@pytest.mark.parametrize("wanted", [2, 3])
+def test_the_kept_agreement_follows_readings_changes_and_undos(double, wanted):
+    """Random readings, changed decisions and undos: the cells the page reads give what
+    a count over every label gives, and so does a recount after the setting changes."""
+    services.project_reading_settings_set(
+        project=double.project, readings_per_task=wanted, disagreement_words=5
+    )
+    double.project.refresh_from_db()
+    rng = random.Random(wanted)
+    readers = [double.pathologist, double.reader2, double.reader3]
+    tasks = [make_drafted_task(double.project) for _ in range(8)]
+    texts = ["Benign.", "Benign naevus, junctional.", "Melanoma in situ, margins clear."]
+    for _ in range(80):
+        task, reader = rng.choice(tasks), rng.choice(readers)
+        mine = Label.objects.filter(task=task, reviewer=reader).first()
+        try:
+            if rng.random() < 0.2:
+                services.label_undo(task_id=task.pk, reviewer=reader)
+            else:
+                decision = rng.choice(["accepted", "edited", "rejected"])
+                services.label_record(
+                    task_id=task.pk,
+                    reviewer=reader,
+                    decision=decision,
+                    draft_id=task.latest_draft().pk,
+                    text=rng.choice(texts),
+                    reason="Blurred.",
+                    label_revision=mine.revision if mine else 0,
+                )
+        except (services.InvalidTransition, services.UndoRefused):
+            pass
+    expected = _agreement_from_labels(double.project)
+    assert expected["tasks"] > 0
+    assert selectors.project_agreement(double.project) == pytest.approx(expected)
+    services.agreement_recount(double.project)
+    assert selectors.project_agreement(double.project) == pytest.approx(expected)
+
+
+def test_the_page_reads_agreement_in_one_query_whatever_the_labels(
+    double, django_assert_num_queries
+):
+    task = make_drafted_task(double.project)
+    read(task, double.pathologist)
+    read(task, double.reader2, "edited", text="Benign.")
+    with django_assert_num_queries(1):
+        stats = selectors.project_agreement(double.project)
+    assert stats["tasks"] == 1 and stats["percent"] == 0
