@@ -652,7 +652,7 @@ def label_record(
     label is no longer at `label_revision`.
     """
     with transaction.atomic():
-        return _label_write(
+        label, _ = _label_write(
             task_id=task_id,
             reviewer=reviewer,
             decision=decision,
@@ -665,6 +665,7 @@ def label_record(
             category=category,
             time_on_task_ms=time_on_task_ms,
         )
+    return label
 
 
 def decide_and_claim(
@@ -680,8 +681,8 @@ def decide_and_claim(
     else `claim_for` claims one now."""
     reviewer = decision["reviewer"]
     with transaction.atomic():
-        label = _label_write(**decision)
-        if prefetched is not None and claim_renew(task_id=prefetched, reviewer=reviewer):
+        label, renewed = _label_write(renew=prefetched, **decision)
+        if renewed:
             return label, Claimed(prefetched, prefetched=True)
         return label, _claim(project=project, reviewer=reviewer, skipped=skipped)
 
@@ -696,8 +697,8 @@ def decide_locked(
     """`decide_and_claim` in the caller's transaction, on a task it has locked
     (`task_for_decision`): the label and the other writes, then the next task."""
     reviewer = decision["reviewer"]
-    label = _label_write(locked=task, **decision)
-    if prefetched is not None and claim_renew(task_id=prefetched, reviewer=reviewer):
+    label, renewed = _label_write(locked=task, renew=prefetched, **decision)
+    if renewed:
         return label, Claimed(prefetched, prefetched=True)
     return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
 
@@ -716,10 +717,13 @@ def _label_write(
     category: str = "",
     time_on_task_ms: int | None = None,
     locked: Task | None = None,
-) -> Label:
+    renew: int | None = None,
+) -> tuple[Label, bool]:
     """`label_record` in the caller's transaction. Four statements: the task locked with
     what the decision is checked against, its readings, the label, and the rest of the
-    writes in one; two when the caller has the task `locked` (`task_for_decision`)."""
+    writes in one; two when the caller has the task `locked` (`task_for_decision`).
+    `renew`: a task the reviewer claimed ahead, whose claim is renewed with the writes;
+    with the label, whether they still held it."""
     if decision not in Decision.values:
         raise ValueError(f"unknown decision {decision!r}")
     text, reason = text.strip(), reason.strip()
@@ -745,7 +749,7 @@ def _label_write(
     label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
     cells_before = _agreement_cells(readings, project)
     if _repeats(label, client_id, decision, draft_id, text, reason, checked):
-        return label  # already recorded: answered like the first time, no new audit row
+        return label, False  # already recorded: answered like the first time, no new audit
     wanted = project.readings_per_task
     if label is None and wanted > 1 and len(readings) >= wanted:
         raise InvalidTransition(f"task {task.pk} already has its {wanted} readings")
@@ -780,7 +784,7 @@ def _label_write(
     events = [
         _audit_event("label.record", reviewer, task, before, _label_state(label), reason=reason)
     ]
-    _review_settle(
+    renewed = _review_settle(
         task,
         readings,
         reviewer,
@@ -789,8 +793,9 @@ def _label_write(
         reader=reviewer.pk,
         release=reviewer.pk,
         cells_before=cells_before,
+        renew=renew,
     )
-    return label
+    return label, renewed
 
 
 def task_for_decision(task_id: int, user: AbstractBaseUser) -> Task | None:
@@ -919,11 +924,13 @@ def _review_settle(
     reader: int | None = None,
     release: int | None = None,
     cells_before: Counter | None = None,
-) -> None:
+    renew: int | None = None,
+) -> bool:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
     id; the project's and theirs; with double reading the agreement cells, from the task's
-    `cells_before` the change), drop the reader's
+    `cells_before` the change), renew the reader's claim on `renew` (a task claimed ahead:
+    whether they still hold it is returned), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
     locked and annotated by `_task_for_decision`."""
     project = task.project
@@ -972,11 +979,22 @@ def _review_settle(
             )
     if events:
         parts.append(_audit_sql(events))
+    renewing = None
+    if renew is not None and release is not None:
+        renewing = (
+            "UPDATE annotations_claim SET expires_at = %s "
+            "WHERE task_id = %s AND reviewer_id = %s RETURNING 1",
+            [_claim_expiry(), renew, release],
+        )
+        parts.append(renewing)
     if not parts:
-        return
-    counted = _execute_together(parts, returning=parts.index(counted_part) + 1 if deltas else None)
-    if deltas and not counted:  # a project without counters yet: count it now
+        return False
+    watched = [p for p in (counted_part if deltas else None, renewing) if p is not None]
+    counts = _execute_together(parts, returning=[parts.index(p) + 1 for p in watched])
+    found = dict(zip([id(p) for p in watched], counts, strict=True))
+    if deltas and not found[id(counted_part)]:  # a project without counters yet: count it
         counters.recount([project.pk])
+    return bool(renewing and found[id(renewing)])
 
 
 def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | None:
@@ -991,17 +1009,18 @@ def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | N
     )
 
 
-def _execute_together(parts: list[tuple[str, list]], *, returning: int | None = None):
+def _execute_together(parts: list[tuple[str, list]], *, returning: Sequence[int] = ()):
     """Run several writes as one statement (data-modifying CTEs: one snapshot, one round
-    trip). `returning`: the 1-based index of a part with RETURNING whose row count to give
-    back. The parts touch different rows, so their order does not matter."""
+    trip). `returning`: the 1-based indexes of parts with RETURNING whose row counts to give
+    back, in that order. The parts touch different rows, so their order does not matter."""
     names = [f"w{i}" for i in range(len(parts))]
     sql = "WITH " + ", ".join(f"{n} AS ({q})" for n, (q, _) in zip(names, parts, strict=True))
-    sql += f" SELECT (SELECT count(*) FROM {names[returning - 1]})" if returning else " SELECT 1"
+    counted = [f"(SELECT count(*) FROM {names[i - 1]})" for i in returning]
+    sql += " SELECT " + (", ".join(counted) if counted else "1")
     params = [p for _, ps in parts for p in ps]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+        return cursor.fetchone() if counted else ()
 
 
 def _audit_event(action, actor, task, before, after, *, reason: str = "") -> AuditEvent:
