@@ -780,7 +780,6 @@ def _label_write(
     label.fast_accept = (
         decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
     )
-    label.save()
     events = [
         _audit_event("label.record", reviewer, task, before, _label_state(label), reason=reason)
     ]
@@ -794,6 +793,7 @@ def _label_write(
         release=reviewer.pk,
         cells_before=cells_before,
         renew=renew,
+        saving=label,
     )
     return label, renewed
 
@@ -925,12 +925,14 @@ def _review_settle(
     release: int | None = None,
     cells_before: Counter | None = None,
     renew: int | None = None,
+    saving: Label | None = None,
 ) -> bool:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
     id; the project's and theirs; with double reading the agreement cells, from the task's
-    `cells_before` the change), renew the reader's claim on `renew` (a task claimed ahead:
-    whether they still hold it is returned), drop the reader's
+    `cells_before` the change), write the label `saving` (new or changed), renew the
+    reader's claim on `renew` (a task claimed ahead: whether they still hold it is
+    returned), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
     locked and annotated by `_task_for_decision`."""
     project = task.project
@@ -943,6 +945,8 @@ def _review_settle(
     before = (task.state, task.review_state, task.outcome)
     after = (task.state, state, outcome)
     parts: list[tuple[str, list]] = []
+    if saving is not None:
+        parts.append(_label_save_sql(saving))
     if after != before:
         parts.append(
             (
@@ -990,11 +994,33 @@ def _review_settle(
     if not parts:
         return False
     watched = [p for p in (counted_part if deltas else None, renewing) if p is not None]
-    counts = _execute_together(parts, returning=[parts.index(p) + 1 for p in watched])
+    counts = _execute_together(
+        parts, returning=[parts.index(p) + 1 for p in watched], first_id=saving is not None
+    )
+    if saving is not None:
+        saving.pk, counts = counts[0], counts[1:]
+        saving._state.adding, saving._state.db = False, connection.alias
     found = dict(zip([id(p) for p in watched], counts, strict=True))
     if deltas and not found[id(counted_part)]:  # a project without counters yet: count it
         counters.recount([project.pk])
     return bool(renewing and found[id(renewing)])
+
+
+def _label_save_sql(label: Label) -> tuple[str, list]:
+    """The INSERT (RETURNING its id) or UPDATE that `label.save()` would run, with its
+    times set as auto_now would, for `_execute_together`."""
+    now = timezone.now()
+    label.updated_at = now
+    if label._state.adding:
+        label.created_at = now
+    fields = [f for f in Label._meta.concrete_fields if not f.primary_key]
+    values = [f.get_db_prep_save(getattr(label, f.attname), connection) for f in fields]
+    columns = ", ".join(f'"{f.column}"' for f in fields)
+    if label._state.adding:
+        marks = ", ".join(["%s"] * len(fields))
+        return f"INSERT INTO annotations_label ({columns}) VALUES ({marks}) RETURNING id", values
+    sets = ", ".join(f'"{f.column}" = %s' for f in fields)
+    return f"UPDATE annotations_label SET {sets} WHERE id = %s RETURNING id", [*values, label.pk]
 
 
 def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | None:
@@ -1009,13 +1035,18 @@ def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | N
     )
 
 
-def _execute_together(parts: list[tuple[str, list]], *, returning: Sequence[int] = ()):
+def _execute_together(
+    parts: list[tuple[str, list]], *, returning: Sequence[int] = (), first_id: bool = False
+):
     """Run several writes as one statement (data-modifying CTEs: one snapshot, one round
     trip). `returning`: the 1-based indexes of parts with RETURNING whose row counts to give
-    back, in that order. The parts touch different rows, so their order does not matter."""
+    back, in that order, after the id the first part returns if `first_id`. The parts touch
+    different rows, so their order does not matter."""
     names = [f"w{i}" for i in range(len(parts))]
     sql = "WITH " + ", ".join(f"{n} AS ({q})" for n, (q, _) in zip(names, parts, strict=True))
     counted = [f"(SELECT count(*) FROM {names[i - 1]})" for i in returning]
+    if first_id:
+        counted.insert(0, "(SELECT id FROM w0)")
     sql += " SELECT " + (", ".join(counted) if counted else "1")
     params = [p for _, ps in parts for p in ps]
     with connection.cursor() as cursor:

@@ -602,7 +602,7 @@ def _decision_of(request: HttpRequest, task, data: dict) -> dict:
 def _ahead_sent(request: HttpRequest, task, claimed, ahead: dict) -> HttpResponse:
     """The next task's review area rendered ahead, sent as it is, with the form's time on
     task counting from now."""
-    cache.delete(_ahead_key(request.user.pk, task.pk))
+    # Left in the cache (it expires with the claim): the next page asks for its own.
     rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
     html = ahead["html"].replace(RENDERED_AT_LATER, rendered_at)
     return _in_review_area(HttpResponse(html), reverse("task-detail", args=[claimed.task_id]))
