@@ -28,12 +28,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CHUNK = 50_000
 COUNTED = 20  # decisions whose statements are counted (not timed)
+FORM = "application/x-www-form-urlencoded"
 
 
 def parse_args() -> argparse.Namespace:
@@ -254,15 +256,16 @@ def measure(loaded: dict[str, dict], client, args) -> dict[str, dict]:
                 if args.warmup <= k < runs:
                     ms[label, "render_ahead"].append(took)
             draft_id = one["draft0"] + task_id - one["task0"]
-            data = {"decision": "accepted", "draft_id": draft_id, "queue": "1"}
+            # Form-encoded, as htmx posts a form (the test client's default is multipart).
+            data = urlencode({"decision": "accepted", "draft_id": draft_id, "queue": "1"})
             url = reverse("task-decide", args=[task_id])
             if k < runs:
-                took, response = timed(lambda: client.post(url, data, **htmx))  # noqa: B023
+                took, response = timed(lambda: client.post(url, data, FORM, **htmx))  # noqa: B023
                 if k >= args.warmup:
                     ms[label, mode].append(took)
             else:
                 with CaptureQueriesContext(connection) as captured:
-                    response = client.post(url, data, **htmx)
+                    response = client.post(url, data, FORM, **htmx)
                 queries[label, mode].append(len(captured))
             assert response.status_code == 200, response.content[:500]
             at[label] = int(TASK_IN_AREA.search(response.content.decode()).group(1))
