@@ -8,14 +8,19 @@ PostgreSQL COPY (images, tasks and drafts; counters set), and measures in-proces
 Django's test Client, as a logged-in pathologist, with production settings (DEBUG off):
 
 - decide and next: --decisions htmx accepts through the claimed queue (after a warm-up),
-  p50 and p95, and the SQL statements per decision (counted in 20 more, not timed);
+  p50 and p95, and the SQL statements per decision (counted in 20 more, not timed). As in
+  the browser, the page first asks for the next task to be claimed and rendered ahead
+  (`review-ahead`, timed apart as render_ahead: the reviewer is reading meanwhile); then
+  --decisions / 2 "cold" decisions, without it (the decision claims and renders);
 - the project list, the project page and the review page (--pages requests each);
 - a trivial view behind login_required (bench/review_urls.py): the baseline.
 
 It prints the EXPLAIN (ANALYZE, BUFFERS) of the claim query on the big project. The last
 line is one JSON object: p50_ms, p95_ms (decide and next, big project), trivial_p95_ms,
 ratio_to_trivial, growth_10k_to_1m, pages_growth_10k_to_1m (the worst page),
-queries_per_decision, and the figures of each project.
+queries_per_decision (BEGIN and COMMIT included), the same for cold decisions
+(cold_p95_ms, cold_ratio_to_trivial, queries_per_decision_cold), render_ahead_p95_ms, and
+the figures of each project.
 """
 
 from __future__ import annotations
