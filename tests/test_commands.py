@@ -105,6 +105,18 @@ def test_export_labels_writes_jsonl(people, tmp_path):
     assert not (tmp_path / "labels.jsonl.part").exists()
 
 
+def test_export_labels_keeps_an_overwritten_decision_with_history(people, tmp_path):
+    task = make_drafted_task(people.project, text="Benign.")
+    record = dict(task_id=task.pk, reviewer=people.pathologist, draft_id=task.latest_draft().pk)
+    services.label_record(**record, decision="accepted")
+    services.label_record(**record, decision="edited", text="Benign, fibrotic.", label_revision=1)
+    out = tmp_path / "labels.jsonl"
+    run("export_labels", "--project", "Breast biopsies", "--history", "--out", str(out))
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["decision"] == "edited"
+    assert [v["decision"] for v in row["earlier_versions"]] == ["accepted"]
+
+
 def test_seed_demo_is_safe_to_run_twice(db, tmp_path, settings, django_capture_on_commit_callbacks):
     settings.BASE_DIR = tmp_path
     logins = tmp_path / "logins.txt"

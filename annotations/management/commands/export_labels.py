@@ -14,17 +14,24 @@ class Command(BaseCommand):
         parser.add_argument("--project", required=True)
         parser.add_argument("--format", default="jsonl", choices=["jsonl"])
         parser.add_argument("--out", default="-", help="output file, or - for stdout")
+        parser.add_argument(
+            "--readings", action="store_true", help="every reading of a double-read task"
+        )
+        parser.add_argument(
+            "--history", action="store_true", help="each label's earlier versions (the audit)"
+        )
 
-    def handle(self, *args, project, format, out, **options):
+    def handle(self, *args, project, format, out, readings, history, **options):
+        chosen = {"readings": readings, "history": history}
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
         if out == "-":
-            count = exports.write_jsonl(target, sys.stdout)
+            count = exports.write_jsonl(target, sys.stdout, **chosen)
         else:
             path = Path(out)
             tmp = path.with_name(path.name + ".part")
             with tmp.open("w", encoding="utf-8") as fh:
-                count = exports.write_jsonl(target, fh)
+                count = exports.write_jsonl(target, fh, **chosen)
             tmp.replace(path)  # a reader never sees a half-written export
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
