@@ -337,6 +337,9 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @never_cache
 @login_required
 def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
+    """A decision. From the queue (or without JavaScript) the next task comes with the
+    answer: the hot path first (`_decide_in_queue`), else this general one, which also
+    answers check drafts, refused forms (422) and conflicts (409)."""
     queue = not request.htmx or request.POST.get("queue") == "1"
     if queue and (response := _decide_in_queue(request, task_id)) is not None:
         return response
@@ -353,9 +356,6 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         decision = _decision_of(request, task, data)
-        # From the queue (or without JavaScript): the decision and the next claim in one
-        # transaction, and the next task straight away.
-        queue = not request.htmx or request.POST.get("queue") == "1"
         try:
             if queue:
                 return _decide_and_next(request, task, decision)
