@@ -34,6 +34,8 @@ def test_the_next_task_is_claimed_while_reading_and_sent_with_the_decision(
     problems = []
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    # A CSP refusal is a console error: htmx settling `style` (set by the viewer) was one.
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     _log_in(page, live_server.url, "paul", "secret-pw-1")
     page.goto(live_server.url + reverse("project-detail", args=[project.pk]))
     page.click("#start-reviewing")
