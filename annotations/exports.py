@@ -46,6 +46,7 @@ CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/cs
 LABEL_RECORD, LABEL_UNDO, ADJUDICATION_RECORD = "label.record", "label.undo", "adjudication.record"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,27 @@ def _copy_sql(format: str) -> str:
     if format == "jsonl":
         query = _sql(_row_json())
         return f"COPY ({query}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
-    columns = ", ".join(f"r.j ->> '{name}' AS {name}" for name in COLUMNS)
-    pairs = ", ".join(f"'{name}', {sql}" for name, sql in _ROW_FIELDS)
-    query = _sql(f"jsonb_build_object({pairs}) AS j")
-    return f"COPY (SELECT {columns} FROM ({query}) r) TO STDOUT WITH (FORMAT csv, HEADER)"
+    query = _sql(", ".join(_csv_sql(name, sql) for name, sql in _ROW_FIELDS))
+    return f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
+
+
+_CSV_BOOLEANS = frozenset({"fast_accept", "draft_truncated"})
+_CSV_TIMES = frozenset({"labelled_at", "updated_at", "draft_created_at"})
+_CSV_NESTED = frozenset(
+    {"image_properties", "regions", "draft_regions", "task_metadata", "generation"}
+)
+
+
+def _csv_sql(name: str, sql: str) -> str:
+    """A field as the CSV's text: as in the JSON row (a time in its ISO format, booleans
+    true/false), a nested field as its JSON text."""
+    if name in _CSV_BOOLEANS:
+        sql = f"CASE WHEN {sql} THEN 'true' ELSE 'false' END"
+    elif name in _CSV_TIMES:
+        sql = f"to_json({sql}) #>> '{{{{}}}}'"
+    elif name in _CSV_NESTED:
+        sql = f"({sql})::text"
+    return f"{sql} AS {name}"
 
 
 class _Copied:
@@ -507,8 +525,14 @@ def write_export(
     """Writes the export to `out` (text, opened with newline=""); returns its rows."""
     blocks = export_chunks(project, format=format, readings=readings, history=history)
     if isinstance(blocks, _Copied):
-        for text in _decoded(blocks):
-            out.write(text)
+        binary = getattr(out, "buffer", None)  # a text file: its bytes as PostgreSQL sent them
+        if binary is not None and (getattr(out, "encoding", "") or "").lower() in _UTF8:
+            out.flush()
+            for block in blocks:
+                binary.write(block)
+        else:
+            for text in _decoded(blocks):
+                out.write(text)
         return blocks.rows
     count = 0
     if format == "csv":
