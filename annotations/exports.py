@@ -1,45 +1,245 @@
-"""Exports of validated labels. Rows stream from the database: memory stays flat."""
+"""Exports of validated labels, as JSON Lines or CSV. Rows stream from the database: memory
+stays flat at any project size.
+
+PostgreSQL builds every row (`_ROW_FIELDS`, one place for the export's fields). The plain
+export (one reading per task, no history) is a `COPY` whose output is passed through as it
+comes; the options that need the audit trail or the double-reading groups read the same rows
+through a server-side cursor, a chunk at a time, and add what they ask for in Python.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from typing import IO, Any
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 
-from annotations.models import Adjudication, AuditEvent, Label, Project, ReviewState
+from annotations.models import (
+    Adjudication,
+    AuditEvent,
+    Draft,
+    Image,
+    Label,
+    Project,
+    PromptTemplate,
+    ReviewState,
+    Task,
+)
 from annotations.notice import AI_NOTICE
 from annotations.regions import feature_collection
-from imaging.inspect import reviewer_properties
+from imaging.inspect import ALLOWED_PROPERTIES
 
 # Labels read (and audit events looked up) per chunk: memory stays flat at any project size.
 CHUNK = 500
+
+FORMATS = ("jsonl", "csv")
+CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
 # The audit actions that write a label or an adjudication, with its state before and after.
 LABEL_RECORD, LABEL_UNDO, ADJUDICATION_RECORD = "label.record", "label.undo", "adjudication.record"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """What an export holds beyond the final labels: every reading of a double-read task
-    (`readings`), and every label's earlier versions from the audit trail (`history`)."""
+    (`readings`), and every label's earlier versions from the audit trail (`history`); and
+    its format (`jsonl`, or `csv`: the same columns, nested fields as JSON text)."""
 
     readings: bool = False
     history: bool = False
+    format: str = "jsonl"
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> ExportOptions:
-        """`?readings=all` and `?history=1`; any other value is the default, never an error."""
+        """`?readings=all`, `?history=1` and `?format=csv`; any other value is the default,
+        never an error."""
+        chosen = query.get("format", "").strip().lower()
         return cls(
             readings=query.get("readings", "").strip().lower() == "all",
             history=query.get("history", "").strip().lower() in _TRUE,
+            format=chosen if chosen in FORMATS else "jsonl",
         )
+
+
+# The rows, as PostgreSQL builds them --------------------------------------------------------
+
+
+def _tables() -> dict[str, str]:
+    user = get_user_model()
+    return {
+        "label": Label._meta.db_table,
+        "task": Task._meta.db_table,
+        "image": Image._meta.db_table,
+        "draft": Draft._meta.db_table,
+        "prompt": PromptTemplate._meta.db_table,
+        "user": user._meta.db_table,
+        "username": user._meta.get_field(user.USERNAME_FIELD).column,
+    }
+
+
+def _image_properties() -> str:
+    # Allowlisted properties only: free-text slide properties can carry identifiers.
+    values = {name: f"i.{name}" for name in ALLOWED_PROPERTIES}
+    values["vendor"] = "coalesce(i.vendor, '')"
+    values["level_dimensions"] = "coalesce(i.level_dimensions, '[]'::jsonb)"
+    return "json_build_object(" + ", ".join(f"'{k}', {values[k]}" for k in values) + ")"
+
+
+# A draft written by a model in a server folder (a path, or a revision that is a weights
+# digest, as the transformers backend records for a folder) names the model by the folder's
+# last name: the path means nothing to whoever loads the export. A hub id stays as it is.
+_MODEL_NAME = r"""CASE
+    WHEN d.model_revision LIKE 'sha256:%%' OR d.model_id ~ '^[/.~]' OR d.model_id ~ '/.*/'
+        OR strpos(d.model_id, E'\\') > 0
+    THEN coalesce(substring(rtrim(d.model_id, E'/\\') from E'([^/\\\\]+)$'), d.model_id)
+    ELSE d.model_id END"""
+
+# Each field of a row, in order, and its SQL (the label `l`, task `t`, image `i`, draft `d`,
+# reviewer `u`, prompt template `pt`). %(notice)s: the AI-draft notice.
+_ROW_FIELDS: tuple[tuple[str, str], ...] = (
+    ("task_id", "l.task_id"),
+    ("image_file_name", "i.original_name"),
+    ("image_sha256", "i.sha256"),
+    ("image_format", "i.format"),
+    ("image_properties", _image_properties()),
+    ("decision", "l.decision"),
+    ("final_text", "l.text"),
+    ("reason", "l.reason"),
+    ("category", "l.category"),
+    # Distance from the draft to final_text: 0 for an accept, null for a reject.
+    ("edit_chars", "l.edit_chars"),
+    ("edit_words", "l.edit_words"),
+    ("time_on_task_ms", "l.time_on_task_ms"),
+    ("fast_accept", "l.fast_accept"),
+    ("reviewer", "u.{username}"),
+    ("labelled_at", "l.created_at"),
+    ("updated_at", "l.updated_at"),
+    ("draft_id", "d.id"),
+    ("draft_text", "d.text"),
+    ("draft_created_at", "d.created_at"),
+    ("model_id", _MODEL_NAME),
+    ("model_revision", "d.model_revision"),
+    ("backend", "d.backend"),
+    ("prompt", "d.prompt"),
+    ("prompt_version", "coalesce(pt.version, 0)"),
+    ("draft_truncated", "d.truncated"),
+    # The reviewer's region pointers, GeoJSON in level-0 pixels (QuPath opens it).
+    ("regions", "json_build_object('type', 'FeatureCollection', 'features', l.regions)"),
+    # The patches the model was given for the draft (level-0 pixels too).
+    ("draft_regions", "d.regions"),
+    ("task_metadata", "t.metadata"),
+    ("generation", "d.generation"),
+    ("draft_notice", "%(notice)s::text"),
+)
+COLUMNS = tuple(name for name, _ in _ROW_FIELDS)
+
+_FROM = """
+    FROM {label} l
+    JOIN {task} t ON t.id = l.task_id
+    JOIN {image} i ON i.id = t.image_id
+    JOIN {draft} d ON d.id = l.draft_id
+    JOIN {user} u ON u.id = l.reviewer_id
+    LEFT JOIN {prompt} pt ON pt.id = d.prompt_template_id
+    WHERE t.project_id = %(project)s"""
+
+
+def _row_json() -> str:
+    pairs = ", ".join(f"'{name}', {sql}" for name, sql in _ROW_FIELDS)
+    return f"json_build_object({pairs})"
+
+
+def _sql(select: str, where: str = "", order: str = "l.task_id, l.id") -> str:
+    tables = _tables()
+    return (f"SELECT {select}" + _FROM + where + f" ORDER BY {order}").format(**tables)
+
+
+def _params(project: Project) -> dict[str, Any]:
+    return {"project": project.pk, "notice": AI_NOTICE}
+
+
+def _copy_sql(format: str) -> str:
+    """The plain export as one COPY. JSON Lines: each row's JSON text is the one field of a
+    CSV whose quote and delimiter are control characters, which JSON always escapes: nothing
+    is quoted, so the output is the JSON text, a line per row. CSV: each field as text, a
+    nested one as its JSON text."""
+    if format == "jsonl":
+        query = _sql(_row_json())
+        return f"COPY ({query}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+    query = _sql(", ".join(_csv_sql(name, sql) for name, sql in _ROW_FIELDS))
+    return f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
+
+
+_CSV_BOOLEANS = frozenset({"fast_accept", "draft_truncated"})
+_CSV_TIMES = frozenset({"labelled_at", "updated_at", "draft_created_at"})
+_CSV_NESTED = frozenset(
+    {"image_properties", "regions", "draft_regions", "task_metadata", "generation"}
+)
+
+
+def _csv_sql(name: str, sql: str) -> str:
+    """A field as the CSV's text: as in the JSON row (a time in its ISO format, booleans
+    true/false), a nested field as its JSON text."""
+    if name in _CSV_BOOLEANS:
+        sql = f"CASE WHEN {sql} THEN 'true' ELSE 'false' END"
+    elif name in _CSV_TIMES:
+        sql = f"to_json({sql}) #>> '{{{{}}}}'"
+    elif name in _CSV_NESTED:
+        sql = f"({sql})::text"
+    return f"{sql} AS {name}"
+
+
+class _Copied:
+    """The blocks of a COPY, and afterwards how many rows it wrote."""
+
+    def __init__(self, project: Project, format: str) -> None:
+        self.project, self.format, self.rows = project, format, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            raw = cursor.cursor  # psycopg 3
+            with raw.copy(_copy_sql(self.format), _params(self.project)) as copy:
+                yield from copy
+            self.rows = raw.rowcount
+
+
+def _is_plain(project: Project, history: bool) -> bool:
+    return project.readings_per_task == 1 and not history
+
+
+def _rows(project: Project, where: str = "", order: str = "l.task_id, l.id") -> Iterator[tuple]:
+    """(task_id, reviewer_id, revision, row) of the project's labels, from a server-side
+    cursor, CHUNK at a time."""
+    sql = _sql(f"l.task_id, l.reviewer_id, l.revision, {_row_json()}::text", where, order)
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, _params(project))
+        while chunk := cursor.fetchmany(CHUNK):
+            for task_id, reviewer_id, revision, text in chunk:
+                yield task_id, reviewer_id, revision, json.loads(text)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# Rows as dicts -------------------------------------------------------------------------
 
 
 def label_rows(
@@ -52,65 +252,13 @@ def label_rows(
     if project.readings_per_task > 1:
         yield from final_rows(project, readings=readings, history=history)
         return
-    labels = (
-        Label.objects.filter(task__project=project)
-        .select_related("task__image", "draft__prompt_template", "reviewer")
-        .order_by("task_id", "id")
-    )
-    for chunk in _chunks(labels.iterator(chunk_size=CHUNK), CHUNK):
-        trail = _AuditTrail.of({label.task_id for label in chunk}) if history else None
-        for label in chunk:
-            yield _label_row(label, trail)
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
-def _label_row(label: Label, trail: _AuditTrail | None = None) -> dict[str, Any]:
-    image, draft = label.task.image, label.draft
-    row = {
-        "task_id": label.task_id,
-        "image_file_name": image.original_name,
-        "image_sha256": image.sha256,
-        "image_format": image.format,
-        # Allowlisted properties only: free-text slide properties can carry identifiers.
-        "image_properties": reviewer_properties(image),
-        "decision": label.decision,
-        "final_text": label.text,
-        "reason": label.reason,
-        "category": label.category,
-        # Distance from the draft to final_text: 0 for an accept, null for a reject.
-        "edit_chars": label.edit_chars,
-        "edit_words": label.edit_words,
-        "time_on_task_ms": label.time_on_task_ms,
-        "fast_accept": label.fast_accept,
-        "reviewer": label.reviewer.get_username(),
-        "labelled_at": label.created_at.isoformat(),
-        "updated_at": label.updated_at.isoformat(),
-        "draft_id": draft.pk,
-        "draft_text": draft.text,
-        "draft_created_at": draft.created_at.isoformat(),
-        "model_id": draft.model_id,
-        "model_revision": draft.model_revision,
-        "backend": draft.backend,
-        "prompt": draft.prompt,
-        "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
-        "draft_truncated": draft.truncated,
-        # The reviewer's region pointers, GeoJSON in level-0 pixels (QuPath opens it).
-        "regions": feature_collection(label.regions),
-        # The patches the model was given for the draft (level-0 pixels too).
-        "draft_regions": draft.regions,
-        "task_metadata": label.task.metadata,
-        "generation": draft.generation,
-        "draft_notice": AI_NOTICE,
-    }
-    if trail is not None:
-        row["revision"] = label.revision
-        row["earlier_versions"] = trail.label_versions(label)
-    return row
+    for chunk in _chunks(_rows(project), CHUNK):
+        trail = _AuditTrail.of({task_id for task_id, *_ in chunk}) if history else None
+        for task_id, reviewer_id, revision, row in chunk:
+            if trail is not None:
+                row["revision"] = revision
+                row["earlier_versions"] = trail.label_versions(task_id, reviewer_id, revision)
+            yield row
 
 
 def final_rows(
@@ -119,29 +267,30 @@ def final_rows(
     """The final label of every final task of a double-read project, in label_rows' fields
     (the adjudicator as reviewer when adjudicated), with `final_source`, `n_readings` and,
     when asked, `readings`: every reading's row; `history` as in label_rows."""
-    labels = (
-        Label.objects.filter(task__project=project, task__review_state=ReviewState.FINAL)
-        .select_related(
-            "task__image",
-            "task__adjudication__adjudicator",
-            "task__adjudication__draft__prompt_template",
-            "draft__prompt_template",
-            "reviewer",
-        )
-        .order_by("task_id", "created_at", "id")
+    labels = _rows(
+        project,
+        where=f" AND t.review_state = '{ReviewState.FINAL}'",
+        order="l.task_id, l.created_at, l.id",
     )
-    for tasks in _task_chunks(labels.iterator(chunk_size=CHUNK), CHUNK):
-        trail = _AuditTrail.of({group[0].task_id for group in tasks}) if history else None
+    for tasks in _task_chunks(labels, CHUNK):
+        task_ids = {group[0][0] for group in tasks}
+        trail = _AuditTrail.of(task_ids) if history else None
+        adjudications = {
+            a.task_id: a
+            for a in Adjudication.objects.filter(task_id__in=task_ids).select_related(
+                "adjudicator", "draft__prompt_template"
+            )
+        }
         for group in tasks:
-            yield _final_row(group, readings, trail)
+            yield _final_row(group, adjudications.get(group[0][0]), readings, trail)
 
 
-def _task_chunks(labels: Iterable[Label], size: int) -> Iterator[list[list[Label]]]:
+def _task_chunks(labels: Iterable[tuple], size: int) -> Iterator[list[list[tuple]]]:
     """Labels (ordered by task) grouped by task, whole tasks per chunk of about `size`."""
-    chunk: list[list[Label]] = []
+    chunk: list[list[tuple]] = []
     n = 0
     for label in labels:
-        if chunk and chunk[-1][0].task_id == label.task_id:
+        if chunk and chunk[-1][0][0] == label[0]:
             chunk[-1].append(label)
         else:
             if n >= size:
@@ -153,10 +302,21 @@ def _task_chunks(labels: Iterable[Label], size: int) -> Iterator[list[list[Label
         yield chunk
 
 
-def _final_row(labels: list[Label], readings: bool, trail: _AuditTrail | None = None) -> dict:
-    first = labels[0]
-    adjudication: Adjudication | None = getattr(first.task, "adjudication", None)
-    row = _label_row(first, trail)
+def _final_row(
+    labels: list[tuple],
+    adjudication: Adjudication | None,
+    readings: bool,
+    trail: _AuditTrail | None = None,
+) -> dict:
+    def reading(label: tuple) -> dict[str, Any]:
+        task_id, reviewer_id, revision, row = label
+        row = dict(row)
+        if trail is not None:
+            row["revision"] = revision
+            row["earlier_versions"] = trail.label_versions(task_id, reviewer_id, revision)
+        return row
+
+    row = reading(labels[0])
     if adjudication is not None:
         draft = adjudication.draft
         row |= {
@@ -183,7 +343,7 @@ def _final_row(labels: list[Label], readings: bool, trail: _AuditTrail | None = 
     row["final_source"] = "adjudication" if adjudication is not None else "reading"
     row["n_readings"] = len(labels)
     if readings:
-        row["readings"] = [_label_row(label, trail) for label in labels]
+        row["readings"] = [reading(label) for label in labels]
     return row
 
 
@@ -221,14 +381,15 @@ class _AuditTrail:
                 trail.labels[(task_id, actor_id)].append(event)
         return trail
 
-    def label_versions(self, label: Label) -> list[dict[str, Any]]:
-        """The states `label` held before its current one: each decision its reviewer
-        recorded and each undo (an undo of a first decision: a null decision, no label)."""
-        events = self.labels.get((label.task_id, label.reviewer_id), [])
+    def label_versions(self, task_id: int, reviewer_id: int, revision: int) -> list[dict]:
+        """The states a label (its task, reviewer and current revision) held before its
+        current one: each decision its reviewer recorded and each undo (an undo of a first
+        decision: a null decision, no label)."""
+        events = self.labels.get((task_id, reviewer_id), [])
         # The event that wrote the current state; later ones (written while the export
         # streams) are not earlier versions. Revisions restart after a label is removed.
         current = _last_index(
-            events, lambda after: after is not None and after.get("revision") == label.revision
+            events, lambda after: after is not None and after.get("revision") == revision
         )
         return [_version(event) for event in events[:current]]
 
@@ -276,18 +437,124 @@ def _version(event: _Event) -> dict[str, Any]:
     }
 
 
+# Writing --------------------------------------------------------------------------------
+
+
+def _csv_columns(project: Project, *, readings: bool, history: bool) -> list[str]:
+    columns = list(COLUMNS)
+    if history:
+        columns += ["revision", "earlier_versions"]
+    if project.readings_per_task > 1:
+        columns += ["final_source", "n_readings"] + (["readings"] if readings else [])
+    return columns
+
+
+def _csv_text(value: Any) -> Any:
+    """A field as PostgreSQL's COPY writes it in the plain export: null empty, booleans
+    true/false, nested fields as JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _csv_lines(rows: Iterable[dict[str, Any]], columns: list[str]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for chunk in _chunks(rows, CHUNK):
+        for row in chunk:
+            writer.writerow([_csv_text(row.get(name)) for name in columns])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def export_chunks(
+    project: Project, *, format: str = "jsonl", readings: bool = False, history: bool = False
+) -> Iterable[bytes]:
+    """The export as UTF-8 blocks, for a streaming response: JSON Lines (one row a line)
+    or CSV (a header, then the same fields; nested ones as JSON text)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}")
+    if _is_plain(project, history):
+        return _Copied(project, format)
+    rows = label_rows(project, readings=readings, history=history)
+    if format == "csv":
+        lines = _csv_lines(rows, _csv_columns(project, readings=readings, history=history))
+        return (text.encode() for text in lines)
+    return (line.encode() for line in _jsonl(rows))
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    for chunk in _chunks(rows, CHUNK):
+        yield "".join([encode(row) + "\n" for row in chunk])
+
+
 def jsonl_lines(
     project: Project, *, readings: bool = False, history: bool = False
 ) -> Iterator[str]:
-    for row in label_rows(project, readings=readings, history=history):
-        yield json.dumps(row, ensure_ascii=False) + "\n"
+    """The JSON Lines export, one line (with its newline) per row."""
+    for block in _decoded(export_chunks(project, readings=readings, history=history)):
+        yield from block.splitlines(keepends=True)
+
+
+def _decoded(blocks: Iterable[bytes]) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
+    for block in blocks:
+        if text := decoder.decode(block):
+            yield text
+    if text := decoder.decode(b"", final=True):
+        yield text
+
+
+def write_export(
+    project: Project,
+    out: IO[str],
+    *,
+    format: str = "jsonl",
+    readings: bool = False,
+    history: bool = False,
+) -> int:
+    """Writes the export to `out` (text, opened with newline=""); returns its rows."""
+    blocks = export_chunks(project, format=format, readings=readings, history=history)
+    if isinstance(blocks, _Copied):
+        binary = getattr(out, "buffer", None)  # a text file: its bytes as PostgreSQL sent them
+        if binary is not None and (getattr(out, "encoding", "") or "").lower() in _UTF8:
+            out.flush()
+            for block in blocks:
+                binary.write(block)
+        else:
+            for text in _decoded(blocks):
+                out.write(text)
+        return blocks.rows
+    count = 0
+    if format == "csv":
+        rows = label_rows(project, readings=readings, history=history)
+        columns = _csv_columns(project, readings=readings, history=history)
+
+        def counted() -> Iterator[dict[str, Any]]:
+            nonlocal count
+            for row in rows:
+                count += 1
+                yield row
+
+        for text in _csv_lines(counted(), columns):
+            out.write(text)
+        return count
+    for text in _decoded(blocks):
+        out.write(text)
+        count += text.count("\n")  # JSON text escapes newlines: one per row
+    return count
 
 
 def write_jsonl(
     project: Project, out: IO[str], *, readings: bool = False, history: bool = False
 ) -> int:
-    count = 0
-    for line in jsonl_lines(project, readings=readings, history=history):
-        out.write(line)
-        count += 1
-    return count
+    return write_export(project, out, readings=readings, history=history)

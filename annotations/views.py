@@ -207,15 +207,18 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
-    """The project's labels as JSONL. `?readings=all`: every reading of a double-read task;
-    `?history=1`: every label's earlier versions. Other values: the default export."""
+    """The project's labels as JSONL, or CSV with `?format=csv`. `?readings=all`: every
+    reading of a double-read task; `?history=1`: every label's earlier versions. Other
+    values: the default export."""
     project = project_for_user(request.user, project_id, Can.EXPORT)
     options = exports.ExportOptions.from_query(request.GET)
     response = StreamingHttpResponse(
-        exports.jsonl_lines(project, readings=options.readings, history=options.history),
-        content_type="application/x-ndjson; charset=utf-8",
+        exports.export_chunks(
+            project, format=options.format, readings=options.readings, history=options.history
+        ),
+        content_type=exports.CONTENT_TYPES[options.format],
     )
-    filename = f"{slugify(project.name) or 'project'}-labels.jsonl"
+    filename = f"{slugify(project.name) or 'project'}-labels.{options.format}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     services.audit_record(
         action="project.export",

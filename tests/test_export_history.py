@@ -246,7 +246,7 @@ def test_one_reading_per_task_takes_readings_all_and_changes_nothing(people, cli
         "history=%ff%fe",
         "readings[]=all&history[]=1",
         "history=1&history=no",  # the last value counts
-        "format=csv&page=-1",
+        "format=xml&page=-1",  # an unknown format: JSON Lines
     ],
 )
 def test_bad_query_values_give_the_default_export(double, client_for, query):

@@ -12,7 +12,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True)
-        parser.add_argument("--format", default="jsonl", choices=["jsonl"])
+        parser.add_argument("--format", default="jsonl", choices=list(exports.FORMATS))
         parser.add_argument("--out", default="-", help="output file, or - for stdout")
         parser.add_argument(
             "--readings", action="store_true", help="every reading of a double-read task"
@@ -27,11 +27,11 @@ class Command(BaseCommand):
         if target is None:
             raise CommandError(f"No project named {project!r}.")
         if out == "-":
-            count = exports.write_jsonl(target, sys.stdout, **chosen)
+            count = exports.write_export(target, sys.stdout, format=format, **chosen)
         else:
             path = Path(out)
             tmp = path.with_name(path.name + ".part")
-            with tmp.open("w", encoding="utf-8") as fh:
-                count = exports.write_jsonl(target, fh, **chosen)
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                count = exports.write_export(target, fh, format=format, **chosen)
             tmp.replace(path)  # a reader never sees a half-written export
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
