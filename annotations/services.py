@@ -445,6 +445,8 @@ def images_ingest(
     contents grouped the same way. One result per image (or per refused file, series or
     zip), loose files first; one bad unit never loses the rest. `metadata_for` gives the
     manifest fields of a file given by its path.
+    Files stored alone are written in chunks (`_chunk_ingest`): each is staged, hashed while
+    copied and decoded once, then a chunk's rows go in one transaction.
     """
     with contextlib.ExitStack() as spooled:
         loose, zips = [], []
