@@ -34,3 +34,35 @@ def send(name: str, *, args: list, queue: str) -> bool:
         log.warning("%s%s: the message broker is unreachable", name, tuple(args), exc_info=True)
         return False
     return True
+
+
+def send_many(name: str, *, args: list[list], queue: str) -> int:
+    """Send task `name` once per entry of `args`, over one producer; return how many went.
+
+    Stops at the first failure (logged): with the broker down, each further message would
+    wait out the retry policy again.
+    """
+    sent = 0
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for one in args:
+                current_app.send_task(
+                    name,
+                    args=one,
+                    queue=queue,
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                    time_limit=None,
+                    soft_time_limit=None,
+                    producer=producer,
+                )
+                sent += 1
+    except Exception:
+        log.warning(
+            "%s: the message broker is unreachable (%d of %d sent)",
+            name,
+            sent,
+            len(args),
+            exc_info=True,
+        )
+    return sent

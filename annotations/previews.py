@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from django.conf import settings
@@ -62,6 +63,12 @@ def preview_send(image_id: int) -> bool:
     """Queue the preview task of an image. Never raises: without a broker, the first page
     view renders the preview."""
     return messages.send(PREVIEW_TASK, args=[image_id], queue=DEFAULT_QUEUE)
+
+
+def previews_send(image_ids: Sequence[int]) -> int:
+    """`preview_send` for several images over one broker connection; how many went (the
+    rest, once the broker fails, render on their first page view)."""
+    return messages.send_many(PREVIEW_TASK, args=[[pk] for pk in image_ids], queue=DEFAULT_QUEUE)
 
 
 def region_file(draft: Draft, index: int) -> Path:

@@ -54,7 +54,7 @@ from annotations.models import (
     correction_categories_clean,
     reading_settings_clean,
 )
-from annotations.previews import preview_send
+from annotations.previews import preview_send, previews_send
 from annotations.prompts import validate_template
 from annotations.queues import DRAFT_TASK, GPU_QUEUE
 from annotations.regions import validate_regions
@@ -445,16 +445,17 @@ def images_ingest(
     contents grouped the same way. One result per image (or per refused file, series or
     zip), loose files first; one bad unit never loses the rest. `metadata_for` gives the
     manifest fields of a file given by its path.
+    Files stored alone are written in chunks (`_chunk_ingest`): each is staged, hashed while
+    copied and decoded once, then a chunk's rows go in one transaction.
     """
     with contextlib.ExitStack() as spooled:
         loose, zips = [], []
         for name, source in files:
             path = _as_path(source, spooled)
             (zips if archives.is_zip(name) else loose).append((name, path))
-        results = [
-            _unit_ingest(project, unit, uploaded_by, enqueue, metadata_for, given=True)
-            for unit in series.group_files(loose)
-        ]
+        results = _units_ingest(
+            project, series.group_files(loose), uploaded_by, enqueue, metadata_for, given=True
+        )
         for name, path in zips:
             results += _zip_ingest(project, name, path, uploaded_by, enqueue)
     return results
@@ -497,12 +498,17 @@ def _zip_ingest(project, name, path, uploaded_by, enqueue) -> list[IngestResult]
             return [IngestResult(shown, "rejected", str(exc), source=Path(path))]
         if not entries:
             return [IngestResult(shown, "rejected", "the zip holds no files", source=Path(path))]
-        return [
-            _unit_ingest(project, unit, uploaded_by, enqueue, None, prefix=f"{shown}/")
-            for unit in series.group_files(entries)
-        ]
+        return _units_ingest(
+            project, series.group_files(entries), uploaded_by, enqueue, None, prefix=f"{shown}/"
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unit_metadata(unit: series.Unit, metadata_for) -> dict[str, str] | None:
+    if metadata_for is None:
+        return None
+    return next((found for m in unit.members if (found := metadata_for(m.path)) is not None), None)
 
 
 def _unit_ingest(
@@ -513,11 +519,7 @@ def _unit_ingest(
     if unit.problem:
         first = unit.members[0].path if given and unit.members else None
         return IngestResult(name, "rejected", unit.problem, source=first)
-    metadata = None
-    if metadata_for is not None:
-        metadata = next(
-            (found for m in unit.members if (found := metadata_for(m.path)) is not None), None
-        )
+    metadata = _unit_metadata(unit, metadata_for)
     if unit.kind == "file":
         member = unit.main_member
         result = image_ingest(
@@ -534,6 +536,239 @@ def _unit_ingest(
         result = replace(result, message="; ".join(filter(None, [result.message, LEFT_OUT_NOTE])))
     # the unit's name as shown (with its zip's name), not the .mrxs name the image keeps
     return replace(result, name=name, source=source)
+
+
+# Files stored alone are ingested in chunks: staged and inspected one by one (no database),
+# then written together in one transaction. A chunk is closed at this many files or bytes.
+INGEST_CHUNK_FILES = 200
+INGEST_CHUNK_BYTES = 1024**3
+
+
+@dataclass
+class _Pending:
+    """A file of a chunk: staged, looked up, inspected; its result once known."""
+
+    index: int  # its place in the results
+    unit: series.Unit
+    name: str  # the unit's name as results show it
+    original: str  # the file's own name, which the image keeps
+    source: Path | None
+    metadata: dict[str, str]
+    staged: imaging.storage.StagedUpload | None = None
+    info: imaging.ImageInfo | None = None
+    image: Image | None = None  # the existing row of the same content
+    first: _Pending | None = None  # an earlier file of the chunk with the same content
+    result: IngestResult | None = None
+
+
+def _units_ingest(
+    project, units, uploaded_by, enqueue, metadata_for, *, prefix="", given=False
+) -> list[IngestResult]:
+    """One result per unit, in order. Files stored alone go through `_chunk_ingest`; a
+    multi-file unit is ingested alone, after the files before it."""
+    results: list[IngestResult | None] = []
+    chunk: list[_Pending] = []
+    chunk_bytes = 0
+    with contextlib.ExitStack() as staging:
+        for unit in units:
+            if unit.problem or unit.kind != "file":
+                _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
+                chunk, chunk_bytes = [], 0
+                results.append(
+                    _unit_ingest(
+                        project,
+                        unit,
+                        uploaded_by,
+                        enqueue,
+                        metadata_for,
+                        prefix=prefix,
+                        given=given,
+                    )
+                )
+                continue
+            member = unit.main_member
+            item = _Pending(
+                index=len(results),
+                unit=unit,
+                name=(prefix + unit.name)[:255],
+                original=Path(PurePosixPath(member.name).name).name[:255] or "unnamed",
+                source=member.path if given else None,
+                metadata=_unit_metadata(unit, metadata_for) or {},
+            )
+            results.append(None)
+            try:
+                item.staged = staging.enter_context(
+                    imaging.staged_upload(
+                        member.path,
+                        Path(settings.MEDIA_ROOT),
+                        max_bytes=settings.MEDANNOT_MAX_FILE_BYTES,
+                        suffix=imaging.safe_suffix(item.original),
+                    )
+                )
+            except imaging.ImageRejected as exc:
+                item.result = IngestResult(item.original, "rejected", str(exc))
+            chunk.append(item)
+            chunk_bytes += item.staged.size if item.staged else 0
+            if len(chunk) >= INGEST_CHUNK_FILES or chunk_bytes >= INGEST_CHUNK_BYTES:
+                _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
+                chunk, chunk_bytes = [], 0
+        _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
+    return results  # type: ignore[return-value]
+
+
+def _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging) -> None:
+    """Ingest staged files: one query for the images already stored, each new content
+    inspected once, then every row of the chunk in one transaction (`_chunk_rows`). Should
+    that fail, its files are undone and ingested one by one (`image_ingest`), as before."""
+    if not chunk:
+        return
+    media_root = Path(settings.MEDIA_ROOT)
+    staged = [item for item in chunk if item.result is None]
+    known = {
+        image.sha256: image
+        for image in Image.objects.filter(sha256__in={item.staged.sha256 for item in staged})
+    }
+    firsts: dict[str, _Pending] = {}
+    for item in staged:
+        sha = item.staged.sha256
+        item.image = known.get(sha)
+        item.first = firsts.setdefault(sha, item)
+        if item.first is not item:
+            continue
+        if item.image is not None:
+            if not (media_root / item.image.file).exists():
+                # The row outlived its file (a lost disk): this upload restores it.
+                item.staged.commit(Path(item.image.file).suffix)
+            continue
+        try:
+            item.info = imaging.inspect_image(item.staged.temp_path)
+        except imaging.ImageRejected as exc:
+            item.result = IngestResult(item.original, "rejected", str(exc))
+    for item in staged:
+        if item.first is not item and item.first.result is not None:
+            item.result = item.first.result  # the same bytes: the same verdict
+    try:
+        _chunk_rows(project, chunk, uploaded_by, enqueue)
+    except Exception:
+        _chunk_undo(chunk)
+        log.warning("ingest: a chunk failed; its files are ingested one by one", exc_info=True)
+        for item in chunk:
+            if item.result is None or item.result.status != "rejected":
+                item.result = image_ingest(
+                    project=project,
+                    source=item.unit.main_member.path,
+                    original_name=item.original,
+                    uploaded_by=uploaded_by,
+                    enqueue=enqueue,
+                    metadata=item.metadata,
+                )
+    except BaseException:
+        _chunk_undo(chunk)
+        raise
+    finally:
+        staging.close()  # the temp files of the chunk, in every case
+    for item in chunk:
+        results[item.index] = replace(item.result, name=item.name, source=item.source)
+
+
+def _chunk_undo(chunk) -> None:
+    """The rows rolled back: drop the files the chunk stored that no row points to."""
+    placed = [item.staged for item in chunk if item.staged and item.staged.created]
+    if not placed:
+        return
+    try:
+        kept = set(
+            Image.objects.filter(sha256__in=[s.sha256 for s in placed]).values_list(
+                "sha256", flat=True
+            )
+        )
+    except Exception:
+        return  # cannot tell: an orphan file is harmless, a lost one is not
+    for staged_file in placed:
+        if staged_file.sha256 not in kept:
+            staged_file.undo_commit()
+
+
+def _chunk_rows(project, chunk, uploaded_by, enqueue) -> None:
+    """The rows of a chunk in one transaction: new images, tasks and their audit events in
+    three INSERTs, and the project's counters in one UPDATE; previews and drafting messages
+    are sent after commit. A file whose image is already a task of the project is a
+    duplicate."""
+    actor = uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None
+    with transaction.atomic():
+        created_images = []
+        for item in chunk:
+            if item.result is None and item.first is item and item.image is None:
+                relpath = item.staged.commit(imaging.suffix_for(item.info, item.original))
+                item.image = Image(
+                    sha256=item.staged.sha256,
+                    file=relpath,
+                    original_name=item.original,
+                    size_bytes=item.staged.size,
+                    uploaded_by=uploaded_by,
+                    **Image.fields_from(item.info),
+                )
+                created_images.append(item.image)
+        Image.objects.bulk_create(created_images)
+        image_ids = {item.first.image.pk for item in chunk if item.result is None}
+        existing_tasks = {
+            task.image_id: task
+            for task in Task.objects.filter(project=project, image_id__in=image_ids)
+        }
+        state = (S.QUEUED if enqueue else S.NEW).value
+        new_tasks: dict[int, Task] = {}
+        for item in chunk:
+            if item.result is not None:
+                continue
+            image = item.first.image
+            if image.pk in existing_tasks or image.pk in new_tasks:
+                continue
+            new_tasks[image.pk] = Task(
+                project=project,
+                image=image,
+                metadata=item.metadata,
+                state=state,
+                message_pending=enqueue,
+            )
+            item.result = IngestResult(item.original, "imported", "", new_tasks[image.pk])
+        Task.objects.bulk_create(new_tasks.values())
+        for item in chunk:
+            if item.result is None:
+                image_id = item.first.image.pk
+                task = existing_tasks.get(image_id) or new_tasks[image_id]
+                message = f"already in this project as task {task.pk}"
+                item.result = IngestResult(item.original, "duplicate", message, task)
+        events = []
+        for item in chunk:
+            if item.result.status != "imported":
+                continue
+            task = item.result.task
+            after = {"image": task.image.sha256, "name": item.original, "metadata": item.metadata}
+            events.append(
+                AuditEvent(
+                    action="task.create", actor=actor, project=project, task=task, after=after
+                )
+            )
+            if enqueue:
+                events.append(
+                    AuditEvent(
+                        action="task.state",
+                        actor=actor,
+                        project=project,
+                        task=task,
+                        before={"state": S.NEW.value},
+                        after={"state": S.QUEUED.value},
+                    )
+                )
+        AuditEvent.objects.bulk_create(events)
+        if new_tasks:
+            counters.counters_add(project.pk, {state: len(new_tasks)})
+        image_ids = [image.pk for image in created_images]
+        task_ids = [task.pk for task in new_tasks.values()]
+        if image_ids:  # preview and first viewer tiles on the CPU queue, not on a view
+            transaction.on_commit(lambda: previews_send(image_ids), robust=True)
+        if enqueue and task_ids:
+            transaction.on_commit(lambda: drafts_send(task_ids), robust=True)
 
 
 def _folder_ingest(project, unit, name, uploaded_by, enqueue, metadata) -> IngestResult:
@@ -581,6 +816,18 @@ def draft_send(task_id: int) -> bool:
         return False
     Task.objects.filter(pk=task_id, message_pending=True).update(message_pending=False)
     return True
+
+
+def drafts_send(task_ids: Sequence[int]) -> int:
+    """Send the drafting messages of queued tasks and clear their pending marks in one
+    UPDATE; return how many went. Never raises: once the broker fails, the rest stay
+    pending, for the sweep to send."""
+    sent = messages.send_many(DRAFT_TASK, args=[[pk] for pk in task_ids], queue=GPU_QUEUE)
+    if sent:
+        Task.objects.filter(pk__in=task_ids[:sent], message_pending=True).update(
+            message_pending=False
+        )
+    return sent
 
 
 def _send_on_commit(task_id: int) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 from django.conf import settings
 from django.urls import reverse
 
+from annotations import messages
 from annotations.models import AuditEvent, Image, Task
+from annotations.queues import DRAFT_TASK, PREVIEW_TASK
 
 
 def named(data: bytes, name: str) -> io.BytesIO:
@@ -26,8 +28,15 @@ def upload(client, project, files, django_capture_on_commit_callbacks=None):
 
 
 def test_it_keeps_the_good_files_and_rejects_the_bad(
-    people, client_for, sample_files, django_capture_on_commit_callbacks
+    people, client_for, sample_files, django_capture_on_commit_callbacks, monkeypatch
 ):
+    sent = []
+
+    def send_many(name, *, args, queue):
+        sent.extend(name for _ in args)
+        return len(args)
+
+    monkeypatch.setattr(messages, "send_many", send_many)
     good = [sample_files["photo"].open("rb"), sample_files["slide"].open("rb")]
     bad = [
         named(b"", "empty.jpg"),
@@ -44,7 +53,10 @@ def test_it_keeps_the_good_files_and_rejects_the_bad(
         assert name in body
     assert Task.objects.filter(project=people.project).count() == 2
     assert Image.objects.count() == 2
-    assert len(callbacks) == 4  # per new image its preview and its draft, after commit
+    assert sent == []  # per new image its preview and its draft, after commit
+    for callback in callbacks:
+        callback()
+    assert sorted(sent) == sorted([DRAFT_TASK, DRAFT_TASK, PREVIEW_TASK, PREVIEW_TASK])
     # Only the two stored images are on disk: nothing half-written, no temporary leftovers.
     stored = files_on_disk()
     assert len(stored) == 2 and all("images" in p.parts for p in stored)
