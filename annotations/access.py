@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.http import Http404
 
-from annotations.models import Draft, Image, Membership, Project, Role, Task
+from annotations.models import Draft, ExportJob, Image, Membership, Project, Role, Task
 
 
 class Can(Enum):
@@ -112,3 +112,13 @@ def image_for_user(user: AbstractBaseUser, image_id: int) -> Image:
     if image is None:
         raise Http404("No such image")
     return image
+
+
+def export_job_for_user(user: AbstractBaseUser, job_id: int, need: Can = Can.EXPORT) -> ExportJob:
+    """An export job with its project, through the project: the same rules as
+    `project_for_user` (not a member: 404; a role without exports: 403)."""
+    job = ExportJob.objects.select_related("project").filter(pk=job_id).first()
+    if job is None:
+        raise Http404("No such export")
+    job.project = project_for_user(user, job.project_id, need)
+    return job

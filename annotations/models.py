@@ -695,3 +695,69 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} by {self.adjudicator} on task {self.task_id} (adjudicated)"
+
+
+class ExportState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Ready"
+    FAILED = "failed", "Failed"
+    EXPIRED = "expired", "Expired"
+
+
+EXPORT_FORMATS = ("jsonl", "csv")  # annotations.exports.FORMATS
+
+
+class ExportJob(models.Model):
+    """An export written by a worker into a private file (`annotations.exportjobs`): a large
+    project would outlive a web request. The file is offered only once it is complete (done),
+    and deleted when the job expires."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="export_jobs")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    format = models.CharField(max_length=8, default="jsonl")
+    # write_export's keyword options beyond the format (readings, history, ...).
+    options = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=8, choices=ExportState.choices, default=ExportState.QUEUED)
+    rows_done = models.BigIntegerField(default=0)
+    # What the project's counters promised at the start: the progress bar's end.
+    rows_expected = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    # Relative to the exports folder (MEDIA_ROOT/exports, never served statically).
+    file = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=ExportState.values), name="exportjob_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(format__in=EXPORT_FORMATS), name="exportjob_format_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(rows_done__gte=0, rows_expected__gte=0), name="exportjob_rows_pos"
+            ),
+            # A finished file and its expiry go together: the sweep finds every file.
+            models.CheckConstraint(
+                condition=~Q(state=ExportState.DONE) | (~Q(file="") & Q(expires_at__isnull=False)),
+                name="exportjob_done_has_file",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="exportjob_project_recent"),
+            models.Index(fields=["state", "expires_at"], name="exportjob_state_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Export {self.pk} of project {self.project_id} ({self.state})"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: its page polls."""
+        return self.state in (ExportState.QUEUED, ExportState.RUNNING)

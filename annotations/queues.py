@@ -8,3 +8,5 @@ SWEEP_TASK = "inference.tasks.sweep_task"
 TMP_SWEEP_TASK = "inference.tasks.sweep_tmp_task"
 CLAIM_SWEEP_TASK = "inference.tasks.sweep_claims_task"  # abandoned review claims
 PREVIEW_TASK = "inference.tasks.preview_task"  # previews and thumbnails, on the CPU queue
+EXPORT_TASK = "inference.tasks.export_task"  # large exports, written to a file, on the CPU queue
+EXPORT_SWEEP_TASK = "inference.tasks.sweep_exports_task"  # expired export files

@@ -33,6 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retar
 import imaging
 from annotations import (
     counters,
+    exportjobs,
     exports,
     health,
     previews,
@@ -49,6 +50,7 @@ from annotations.access import (
     capabilities,
     capabilities_of,
     draft_for_user,
+    export_job_for_user,
     image_for_user,
     is_site_admin,
     project_for_user,
@@ -63,7 +65,7 @@ from annotations.forms import (
     SentinelForm,
     UploadForm,
 )
-from annotations.models import WORDING_ONLY, Decision, TaskState
+from annotations.models import WORDING_ONLY, Decision, ExportState, TaskState
 from annotations.prompts import DEFAULTS
 from imaging.patches import PatchSettings
 
@@ -128,6 +130,8 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         "next_task": selectors.next_task_to_review(project) if may["review"] else None,
         "state": state,
         "agreement": selectors.project_agreement(project),
+        "export_jobs": exportjobs.export_jobs_recent(project) if may["export"] else [],
+        "export_days": settings.MEDANNOT_EXPORT_DAYS,
     }
     template = "annotations/project_detail.html"
     if request.htmx and request.htmx.target == "tasks":
@@ -227,6 +231,53 @@ def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
         after={"readings": options.readings, "history": options.history},
     )
     return response
+
+
+@require_POST
+@login_required
+def export_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Start an export job with the export form's options (as `project_export` reads them):
+    a worker writes the file; the job's fragment polls until it can be downloaded."""
+    project = project_for_user(request.user, project_id, Can.EXPORT)
+    options = exports.ExportOptions.from_query(request.POST)
+    job = exportjobs.export_job_start(project=project, requested_by=request.user, options=options)
+    if request.htmx:
+        return render(request, "annotations/export_job.html#job", {"job": job})
+    return redirect("export-job", job.pk)
+
+
+@require_GET
+@login_required
+def export_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """An export job: its state and progress (polled every 2 s while it runs), then its
+    download link."""
+    job = export_job_for_user(request.user, job_id)
+    template = "annotations/export_job.html"
+    if request.htmx:
+        template += "#job"
+    return render(request, template, {"job": job, "project": job.project})
+
+
+@require_GET
+@login_required
+def export_download(request: HttpRequest, job_id: int) -> HttpResponse:
+    """The finished file of an export job, as an attachment; 404 until it is done, 410 once
+    it has expired."""
+    job = export_job_for_user(request.user, job_id)
+    if job.state == ExportState.EXPIRED:
+        return HttpResponse("This export has expired: start it again.", status=410)
+    if job.state != ExportState.DONE:
+        raise Http404("This export is not ready")
+    try:
+        handle = exportjobs.export_job_file(job).open("rb")
+    except FileNotFoundError:
+        raise Http404("This export's file is gone") from None
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=exportjobs.export_job_filename(job),
+        content_type=exports.CONTENT_TYPES[job.format],
+    )
 
 
 @require_POST

@@ -5,11 +5,14 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from annotations.exportjobs import export_job_run, export_jobs_sweep
 from annotations.previews import preview_make
 from annotations.queues import (
     CLAIM_SWEEP_TASK,
     DEFAULT_QUEUE,
     DRAFT_TASK,
+    EXPORT_SWEEP_TASK,
+    EXPORT_TASK,
     GPU_QUEUE,
     PREVIEW_TASK,
     SWEEP_TASK,
@@ -60,3 +63,16 @@ def preview_task(image_id: int) -> None:
     """Render an image's preview and first viewer tiles after import, on the CPU queue,
     so that no page view waits for them (idempotent: what exists is kept)."""
     preview_make(image_id=image_id)
+
+
+@shared_task(name=EXPORT_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
+def export_task(job_id: int) -> None:
+    """Write an export job's file, on the CPU queue (idempotent: only a queued job is run)."""
+    export_job_run(job_id=job_id)
+
+
+@shared_task(name=EXPORT_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
+def sweep_exports_task() -> None:
+    """Delete export files past their days and fail exports whose worker was lost (celery
+    beat, every hour)."""
+    export_jobs_sweep(lost_after_s=settings.CELERY_TASK_TIME_LIMIT + 60)

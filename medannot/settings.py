@@ -16,6 +16,8 @@ from annotations.queues import (
     CLAIM_SWEEP_TASK,
     DEFAULT_QUEUE,
     DRAFT_TASK,
+    EXPORT_SWEEP_TASK,
+    EXPORT_TASK,
     GPU_QUEUE,
     PREVIEW_TASK,
     SWEEP_TASK,
@@ -228,6 +230,10 @@ if MEDANNOT_CLAIM_SECONDS < 120:
 MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS = envint("MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS", "3600")
 if MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS < 0:
     raise ImproperlyConfigured("MEDANNOT_CLAIM_SWEEP_GRACE_SECONDS must not be negative")
+# Export files written by a worker (MEDIA_ROOT/exports) are deleted this many days after.
+MEDANNOT_EXPORT_DAYS = envint("MEDANNOT_EXPORT_DAYS", "7")
+if MEDANNOT_EXPORT_DAYS < 1:
+    raise ImproperlyConfigured("MEDANNOT_EXPORT_DAYS must be at least 1")
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
@@ -288,6 +294,8 @@ CELERY_TASK_ROUTES = {
     TMP_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     CLAIM_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
     PREVIEW_TASK: {"queue": DEFAULT_QUEUE},
+    EXPORT_TASK: {"queue": DEFAULT_QUEUE},
+    EXPORT_SWEEP_TASK: {"queue": DEFAULT_QUEUE},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -316,6 +324,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-drafts": {"task": SWEEP_TASK, "schedule": 60.0},
     "sweep-upload-tmp": {"task": TMP_SWEEP_TASK, "schedule": 3600.0},
     "sweep-expired-claims": {"task": CLAIM_SWEEP_TASK, "schedule": 3600.0},
+    "sweep-expired-exports": {"task": EXPORT_SWEEP_TASK, "schedule": 3600.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

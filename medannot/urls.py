@@ -12,6 +12,9 @@ urlpatterns = [
     path("projects/<int:project_id>/status/", views.project_status, name="project-status"),
     path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
     path("projects/<int:project_id>/export.jsonl", views.project_export, name="project-export"),
+    path("projects/<int:project_id>/exports/", views.export_start, name="export-start"),
+    path("exports/<int:job_id>/", views.export_job, name="export-job"),
+    path("exports/<int:job_id>/download/", views.export_download, name="export-download"),
     path("projects/<int:project_id>/settings/", views.project_settings, name="project-settings"),
     path("projects/<int:project_id>/sentinels/", views.project_sentinels, name="project-sentinels"),
     path(

@@ -376,8 +376,8 @@ def test_only_roles_that_may_export_get_the_options(double, client_for, persona,
 def test_the_project_page_offers_the_options_to_an_admin(double, client_for):
     page = client_for(double.admin).get(reverse("project-detail", args=[double.project.pk]))
     body = page.content.decode()
-    action = reverse("project-export", args=[double.project.pk])
-    assert f'<form method="get" action="{action}">' in body
+    action = reverse("export-start", args=[double.project.pk])  # a job (test_export_jobs)
+    assert f'<form method="post" action="{action}"' in body
     assert 'name="readings" value="all"' in body and 'name="history" value="1"' in body
     # each checkbox sits inside its label: its accessible name
     assert '<label><input type="checkbox" name="readings"' in body

@@ -19,7 +19,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import Http404
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from annotations import services, tiles
+from annotations import exportjobs, exports, services, tiles
 from annotations.access import (
     Can,
     capabilities,
@@ -54,6 +54,11 @@ MATRIX = {
     "project-upload":       (200,  200,  404,  403,  404,  200,  404,  302),
     "project-export":       (200,  200,  404,  403,  404,  403,  404,  302),
     "project-settings":     (200,  200,  404,  403,  404,  403,  404,  302),
+    # export jobs (test_export_jobs): started by POST (a redirect to the job), then the
+    # job's page and its finished file
+    "export-start":         (302,  302,  404,  403,  404,  403,  404,  302),
+    "export-job":           (200,  200,  404,  403,  404,  403,  404,  302),
+    "export-download":      (200,  200,  404,  403,  404,  403,  404,  302),
     "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
     "project-sentinels":    (200,  200,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
@@ -171,6 +176,10 @@ def _request(client, name: str, scene: Scene, user=None):
         case "review-ahead":
             data = {"after": str(task.pk)}
             return client.post(reverse(name, args=[project_id]), data, HTTP_HX_REQUEST="true")
+        case "export-start":
+            return client.post(reverse(name, args=[project_id]), {"history": "1"})
+        case "export-job" | "export-download":
+            return client.get(reverse(name, args=[_finished_export(scene).pk]))
         case "task-adjudicate":
             return client.get(reverse(name, args=[task.pk]))
         case "task-skip":
@@ -203,6 +212,14 @@ def _request(client, name: str, scene: Scene, user=None):
                 image = None
             return client.get(f"{url}?t={tiles.mint_token(image, user)}" if image else url)
     raise AssertionError(f"no request for {name!r}: add one beside its MATRIX row")
+
+
+def _finished_export(scene: Scene):
+    """An export job of `project`, written (by the worker's service, here in-process)."""
+    job = exportjobs.export_job_start(
+        project=scene.task.project, requested_by=None, options=exports.ExportOptions()
+    )
+    return exportjobs.export_job_run(job_id=job.pk)
 
 
 def _user(people, persona):

@@ -1,0 +1,246 @@
+"""Exports written by a worker into a private file, for projects too large for a web request.
+
+A job is created by the web and sent by name to the CPU queue after commit; the worker
+claims it (queued → running, a conditional update), writes `exports.write_export` into a
+temporary file in the exports folder, fsyncs it and renames it to its final name, so that a
+half-written file is never offered. Old files are deleted by an hourly sweep.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from annotations import exports, messages, services
+from annotations.models import ExportJob, ExportState, Project, ProjectCounters
+from annotations.queues import DEFAULT_QUEUE, EXPORT_TASK
+
+log = logging.getLogger(__name__)
+
+# Progress is written every this many rows (on a connection of its own: the export's COPY
+# holds the main one), and the file is written through a buffer of this many bytes.
+PROGRESS_ROWS = 5000
+BUFFER_BYTES = 1024 * 1024
+PART = ".part"  # the suffix of a file being written; never offered, swept when left behind
+
+
+def exports_dir() -> Path:
+    """The private folder of export files (MEDIA_ROOT/exports: nothing serves it)."""
+    return Path(settings.MEDIA_ROOT) / "exports"
+
+
+def export_job_file(job: ExportJob) -> Path:
+    return exports_dir() / job.file
+
+
+def export_job_filename(job: ExportJob) -> str:
+    """The name the browser saves the file under."""
+    return f"{slugify(job.project.name) or 'project'}-labels.{job.format}"
+
+
+def _rows_expected(project: Project) -> int:
+    counters = ProjectCounters.objects.filter(project=project).first()
+    if counters is None:
+        return 0
+    if project.readings_per_task > 1:  # one row per final task
+        return counters.accepted + counters.edited + counters.rejected
+    return counters.labels
+
+
+def export_job_start(
+    *,
+    project: Project,
+    requested_by: AbstractBaseUser,
+    options: exports.ExportOptions,
+) -> ExportJob:
+    """Queue an export of `project` with `options`: the job is sent to the CPU queue after
+    commit (marked failed at once when the broker cannot take it)."""
+    kwargs = {k: v for k, v in vars(options).items() if k != "format"}
+    with transaction.atomic():
+        job = ExportJob.objects.create(
+            project=project,
+            requested_by=requested_by,
+            format=options.format,
+            options=kwargs,
+            rows_expected=_rows_expected(project),
+        )
+        services.audit_record(
+            action="project.export",
+            actor=requested_by,
+            project=project,
+            after=kwargs | {"format": options.format, "job": job.pk},
+        )
+        transaction.on_commit(lambda: _send(job.pk), robust=True)
+    return job
+
+
+def _send(job_id: int) -> None:
+    if not messages.send(EXPORT_TASK, args=[job_id], queue=DEFAULT_QUEUE):
+        ExportJob.objects.filter(pk=job_id, state=ExportState.QUEUED).update(
+            state=ExportState.FAILED,
+            error="The message broker is unreachable: start the export again later.",
+            finished_at=timezone.now(),
+        )
+
+
+class _Progress:
+    """Writes a job's rows so far, on a database connection of its own, opened on first use
+    (the export's COPY keeps the main connection busy until it ends)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.connection = None
+
+    def __call__(self, rows: int) -> None:
+        if self.connection is None:
+            self.connection = connections.create_connection(DEFAULT_DB_ALIAS)
+        with self.connection.cursor() as cursor:
+            table = ExportJob._meta.db_table
+            cursor.execute(
+                f"UPDATE {table} SET rows_done = %s WHERE id = %s AND state = %s",
+                [rows, self.job_id, ExportState.RUNNING],
+            )
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+class _CountingFile(io.FileIO):
+    """A file that counts the lines written to it and reports every PROGRESS_ROWS: one
+    bytes.count per buffered block, nothing per row. (A CSV field may hold a newline, so
+    the count is a progress figure; the job's final rows come from write_export.)"""
+
+    def __init__(self, path: Path, report, skip: int = 0) -> None:
+        super().__init__(path, "xb")
+        self.lines, self.skip, self.report, self.next_report = 0, skip, report, PROGRESS_ROWS
+
+    def write(self, data) -> int:
+        written = super().write(data)
+        self.lines += memoryview(data)[:written].tobytes().count(b"\n")
+        if self.lines - self.skip >= self.next_report:
+            self.report(self.lines - self.skip)
+            self.next_report = self.lines - self.skip + PROGRESS_ROWS
+        return written
+
+
+def export_job_run(*, job_id: int) -> ExportJob | None:
+    """Write a queued job's file (the worker's export task). Idempotent: a job that is not
+    queued any more (taken by another delivery, done, failed) is left alone; None then."""
+    claimed = ExportJob.objects.filter(pk=job_id, state=ExportState.QUEUED).update(
+        state=ExportState.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        log.info("export job %s: not queued any more; nothing to do", job_id)
+        return None
+    job = ExportJob.objects.select_related("project").get(pk=job_id)
+    folder = exports_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{job.project_id}-{job.pk}-{secrets.token_hex(8)}.{job.format}"
+    part = folder / (name + PART)
+    progress = _Progress(job.pk)
+    try:
+        with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
+            buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
+            out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+            rows = exports.write_export(job.project, out, format=job.format, **job.options)
+            out.flush()
+            os.fsync(raw.fileno())
+            out.detach()  # the raw file closes once, below
+        os.replace(part, folder / name)
+        _fsync_dir(folder)
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        log.exception("export job %s failed", job_id)
+        ExportJob.objects.filter(pk=job_id, state=ExportState.RUNNING).update(
+            state=ExportState.FAILED,
+            error=f"The export failed: {type(exc).__name__}: {exc}"[:2000],
+            finished_at=timezone.now(),
+        )
+        job.refresh_from_db()
+        return job
+    finally:
+        progress.close()
+    now = timezone.now()
+    finished = ExportJob.objects.filter(pk=job_id, state=ExportState.RUNNING).update(
+        state=ExportState.DONE,
+        rows_done=rows,
+        file=name,
+        finished_at=now,
+        expires_at=now + timedelta(days=settings.MEDANNOT_EXPORT_DAYS),
+    )
+    if not finished:  # failed or expired by the sweep meanwhile: its file is nobody's
+        (folder / name).unlink(missing_ok=True)
+    job.refresh_from_db()
+    return job
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself survives a crash only once the folder is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export_jobs_sweep(*, lost_after_s: float) -> int:
+    """Expire finished exports past their `expires_at` (their files deleted), fail jobs
+    running for longer than `lost_after_s` (their worker was lost), and delete files left
+    behind by either. Returns how many jobs expired."""
+    now = timezone.now()
+    lost = ExportJob.objects.filter(
+        state=ExportState.RUNNING, started_at__lt=now - timedelta(seconds=lost_after_s)
+    ).update(
+        state=ExportState.FAILED,
+        error="The export's worker was lost: start the export again.",
+        finished_at=now,
+    )
+    if lost:
+        log.warning("%s export job(s) lost their worker", lost)
+    expired = 0
+    due = ExportJob.objects.filter(state=ExportState.DONE, expires_at__lte=now)
+    for job in due.only("pk", "file").iterator():
+        # Marked first: a download that starts now is refused rather than cut short.
+        if ExportJob.objects.filter(pk=job.pk, state=ExportState.DONE).update(
+            state=ExportState.EXPIRED
+        ):
+            export_job_file(job).unlink(missing_ok=True)
+            expired += 1
+    _sweep_orphans(now, lost_after_s)
+    if expired:
+        log.info("%s export file(s) expired", expired)
+    return expired
+
+
+def _sweep_orphans(now, lost_after_s: float) -> None:
+    """Files no done job names (a worker killed mid-write, a job failed meanwhile), once
+    older than any running export can be."""
+    folder = exports_dir()
+    if not folder.is_dir():
+        return
+    offered = set(ExportJob.objects.filter(state=ExportState.DONE).values_list("file", flat=True))
+    cutoff = now.timestamp() - lost_after_s
+    for path in folder.iterdir():
+        if path.name in offered or not path.is_file():
+            continue
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+
+
+def export_jobs_recent(project: Project, limit: int = 3) -> list[ExportJob]:
+    """The project's latest export jobs, newest first (the project page lists them)."""
+    return list(ExportJob.objects.filter(project=project).order_by("-created_at", "-pk")[:limit])
