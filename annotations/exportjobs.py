@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _rows_expected(project: Project) -> int:
 def export_job_start(
     *,
     project: Project,
-    requested_by: AbstractBaseUser,
+    requested_by: AbstractBaseUser | None,
     options: exports.ExportOptions,
 ) -> ExportJob:
     """Queue an export of `project` with `options`: the job is sent to the CPU queue after
@@ -121,7 +122,7 @@ class _CountingFile(io.FileIO):
     bytes.count per buffered block, nothing per row. (A CSV field may hold a newline, so
     the count is a progress figure; the job's final rows come from write_export.)"""
 
-    def __init__(self, path: Path, report, skip: int = 0) -> None:
+    def __init__(self, path: Path, report: Callable[[int], None], skip: int = 0) -> None:
         super().__init__(path, "xb")
         self.lines, self.skip, self.report, self.next_report = 0, skip, report, PROGRESS_ROWS
 

@@ -92,6 +92,7 @@ def test_production_settings_pass_check_deploy(env, allowed):
         ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY must be set"),
         ({"MEDANNOT_DEVICE": "tpu"}, "MEDANNOT_DEVICE='tpu'"),
         ({"MEDANNOT_MAX_NEW_TOKENS": "lots"}, "is not an integer"),
+        ({"MEDANNOT_EXPORT_DAYS": "0"}, "MEDANNOT_EXPORT_DAYS must be at least 1"),
     ],
 )
 def test_a_bad_value_fails_loudly_at_start(env, message):
