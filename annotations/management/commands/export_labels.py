@@ -53,9 +53,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, project, format, out, readings, history, **options):
-        query = {"format": format, "readings": "all" if readings else "", "history": ""}
-        query["history"] = "1" if history else ""
-        query["reviewer_names"] = "1" if options["reviewer_names"] else ""
+        query = {
+            "format": format,
+            "readings": "all" if readings else "",
+            "history": "1" if history else "",
+            "reviewer_names": "1" if options["reviewer_names"] else "",
+        }
         for name, key in _QUERY_NAMES.items():
             if options.get(name) is not None:
                 query[key] = str(options[name])
@@ -80,11 +83,13 @@ class Command(BaseCommand):
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
 
     def _check(self, chosen, query) -> None:
-        """A value the URL would ignore is an error here: the user typed it."""
+        """A value the URL would ignore is an error here: someone typed it."""
         for name, key in _QUERY_NAMES.items():
             given = query.get(key, "").strip()
-            if given and getattr(chosen, name) in ("", None) and not (name == "split_seed"):
+            ignored = (
+                str(chosen.split_seed) != given.lstrip("+")
+                if name == "split_seed"
+                else getattr(chosen, name) in ("", None)
+            )
+            if given and ignored:
                 raise CommandError(f"Bad value for --{key.replace('_', '-')}: {given!r}.")
-        seed = query.get("split_seed", "").strip()
-        if seed and str(chosen.split_seed) != seed.lstrip("+"):
-            raise CommandError(f"Bad value for --split-seed: {seed!r}.")
