@@ -66,20 +66,19 @@ def export_job_start(
 ) -> ExportJob:
     """Queue an export of `project` with `options`: the job is sent to the CPU queue after
     commit (marked failed at once when the broker cannot take it)."""
-    kwargs = {k: v for k, v in vars(options).items() if k != "format"}
     with transaction.atomic():
         job = ExportJob.objects.create(
             project=project,
             requested_by=requested_by,
             format=options.format,
-            options=kwargs,
+            options=options.to_query(),  # plain JSON, read back by the worker
             rows_expected=_rows_expected(project),
         )
         services.audit_record(
             action="project.export",
             actor=requested_by,
             project=project,
-            after=kwargs | {"format": options.format, "job": job.pk},
+            after=options.audit() | {"format": options.format, "job": job.pk},
         )
         transaction.on_commit(lambda: _send(job.pk), robust=True)
     return job
@@ -154,7 +153,8 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
         with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
             buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
             out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
-            rows = exports.write_export(job.project, out, format=job.format, **job.options)
+            options = exports.ExportOptions.from_query(job.options | {"format": job.format})
+            rows = exports.write_export_options(job.project, out, options)
             out.flush()
             os.fsync(raw.fileno())
             out.detach()  # the raw file closes once, below

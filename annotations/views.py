@@ -212,14 +212,13 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
     """The project's labels as JSONL, or CSV with `?format=csv`. `?readings=all`: every
-    reading of a double-read task; `?history=1`: every label's earlier versions. Other
+    reading of a double-read task; `?history=1`: every label's earlier versions; filters,
+    a train/validation/test split and reviewer names (ExportOptions.from_query). Other
     values: the default export."""
     project = project_for_user(request.user, project_id, Can.EXPORT)
     options = exports.ExportOptions.from_query(request.GET)
     response = StreamingHttpResponse(
-        exports.export_chunks(
-            project, format=options.format, readings=options.readings, history=options.history
-        ),
+        exports.export_options_chunks(project, options),
         content_type=exports.CONTENT_TYPES[options.format],
     )
     filename = f"{slugify(project.name) or 'project'}-labels.{options.format}"
@@ -228,7 +227,7 @@ def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
         action="project.export",
         actor=request.user,
         project=project,
-        after={"readings": options.readings, "history": options.history},
+        after=options.audit(),
     )
     return response
 

@@ -155,7 +155,7 @@ def test_the_adjudicator_records_the_final_label_linked_to_the_readings(double, 
     assert review_state(task) == ReviewState.FINAL
     assert not selectors.adjudication_queue(double.project)
     # the export gives the final label, and the readings it resolves when asked
-    rows = list(exports.label_rows(double.project, readings=True))
+    rows = list(exports.label_rows(double.project, readings=True, reviewer_names=True))
     assert len(rows) == 1
     assert rows[0]["final_text"] == "Benign fibroadenoma."
     assert rows[0]["final_source"] == "adjudication" and rows[0]["reviewer"] == "ada"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from annotations import services
+from annotations import exports, services
 from annotations.models import Draft, Modality, Role, Task, TaskState
 from inference.tasks import draft_task
 
@@ -129,7 +129,8 @@ def test_upload_draft_review_export(
         assert line["decision"] == decision["decision"]
         assert line["draft_text"] == draft.text
         assert line["draft_id"] == draft.pk
-        assert line["reviewer"] == "paul"
+        # a stable pseudonym per project, never the username (unless the admin asks)
+        assert line["reviewer"] == exports.reviewer_pseudonym(project.pk, pathologist.pk)
         # a model in a server folder is named by the folder, never by its path
         assert line["model_id"] == Path(draft.model_id).name
         assert line["model_revision"] == draft.model_revision

@@ -125,8 +125,8 @@ def test_the_csv_of_a_double_read_project_has_its_readings(people, client_for):
     decide(task, people.pathologist, "accepted")
     decide(task, rosa, "accepted")
     client = client_for(people.admin)
-    [row] = csv_rows(client, people.project, "readings=all")
-    [line] = jsonl(client, people.project, "readings=all")
+    [row] = csv_rows(client, people.project, "readings=all&reviewer_names=1")
+    [line] = jsonl(client, people.project, "readings=all&reviewer_names=1")
     assert_same(row, line)
     assert (row["final_source"], row["n_readings"]) == ("reading", "2")
     assert [r["reviewer"] for r in json.loads(row["readings"])] == ["paul", "rosa"]

@@ -77,7 +77,7 @@ def test_an_overwritten_accept_appears_in_the_earlier_versions(people, client_fo
     task = make_drafted_task(people.project)
     read(task, people.pathologist, "accepted")
     read(task, people.pathologist, "edited", text=DRAFT + " Margins clear.")
-    row = export(client_for(people.admin), people.project, "history=1")[0]
+    row = export(client_for(people.admin), people.project, "history=1&reviewer_names=1")[0]
     assert (row["decision"], row["final_text"], row["revision"]) == (
         "edited",
         DRAFT + " Margins clear.",
@@ -115,7 +115,7 @@ def test_an_undo_is_shown_as_an_undo(people, client_for):
     read(task, people.pathologist, "edited", text="Benign fibroadenoma.")
     services.label_undo(task_id=task.pk, reviewer=people.pathologist)  # back to the accept
     read(task, people.pathologist, "rejected", reason="Blurred.")
-    row = export(client_for(people.admin), people.project, "history=1")[0]
+    row = export(client_for(people.admin), people.project, "history=1&reviewer_names=1")[0]
     assert (row["decision"], row["revision"]) == ("rejected", 4)
     assert brief(row["earlier_versions"]) == [
         ("accepted", 1, "paul", False),
@@ -130,7 +130,7 @@ def test_an_undone_first_decision_shows_as_an_undo_with_no_label(people, client_
     read(task, people.pathologist, "accepted")
     services.label_undo(task_id=task.pk, reviewer=people.pathologist)  # the label goes
     read(task, people.pathologist, "edited", text="Benign.")
-    row = export(client_for(people.admin), people.project, "history=1")[0]
+    row = export(client_for(people.admin), people.project, "history=1&reviewer_names=1")[0]
     assert (row["decision"], row["revision"]) == ("edited", 1)
     assert brief(row["earlier_versions"]) == [
         ("accepted", 1, "paul", False),
@@ -143,7 +143,7 @@ def test_each_label_gets_only_its_own_reviewers_versions(people, client_for):
     read(one, people.pathologist, "accepted")
     read(one, people.pathologist, "rejected", reason="Wrong organ.")
     read(two, people.admin, "accepted")
-    rows = by_task(export(client_for(people.admin), people.project, "history=1"))
+    rows = by_task(export(client_for(people.admin), people.project, "history=1&reviewer_names=1"))
     assert brief(rows[one.pk]["earlier_versions"]) == [("accepted", 1, "paul", False)]
     assert rows[two.pk]["earlier_versions"] == []
 
@@ -159,7 +159,7 @@ def test_a_decision_recorded_while_the_export_streams_is_no_earlier_version(peop
         return lookup(task_ids)
 
     monkeypatch.setattr(exports._AuditTrail, "of", lookup_after_a_change)
-    [row] = exports.label_rows(people.project, history=True)
+    [row] = exports.label_rows(people.project, history=True, reviewer_names=True)
     assert (row["decision"], row["revision"], row["earlier_versions"]) == ("accepted", 1, [])
 
 
@@ -171,7 +171,7 @@ def test_readings_all_gives_every_reading_of_a_final_task(double, client_for):
     read(task, double.pathologist, "edited", text=DRAFT + " Margins clear.")
     read(task, double.reader2, "edited", text=DRAFT + " Margins are clear.")
     client = client_for(double.admin)
-    [row] = export(client, double.project, "readings=all")
+    [row] = export(client, double.project, "readings=all&reviewer_names=1")
     assert row["final_source"] == "reading" and row["n_readings"] == 2
     assert [r["reviewer"] for r in row["readings"]] == ["paul", "rosa"]
     assert [r["final_text"] for r in row["readings"]] == [
@@ -179,7 +179,7 @@ def test_readings_all_gives_every_reading_of_a_final_task(double, client_for):
         DRAFT + " Margins are clear.",
     ]
     assert all("earlier_versions" not in r for r in row["readings"])
-    [default] = export(client, double.project)
+    [default] = export(client, double.project, "reviewer_names=1")
     assert "readings" not in default
     assert {k: v for k, v in row.items() if k != "readings"} == default
 
@@ -189,7 +189,9 @@ def test_each_reading_carries_its_own_history(double, client_for):
     read(task, double.pathologist, "accepted")
     read(task, double.pathologist, "edited", text=DRAFT + " Margins clear.")  # before rosa reads
     read(task, double.reader2, "edited", text=DRAFT + " Margins are clear.")
-    [row] = export(client_for(double.admin), double.project, "readings=all&history=1")
+    [row] = export(
+        client_for(double.admin), double.project, "readings=all&history=1&reviewer_names=1"
+    )
     paul, rosa = row["readings"]
     assert brief(paul["earlier_versions"]) == [("accepted", 1, "paul", False)]
     assert rosa["earlier_versions"] == [] and rosa["revision"] == 1
@@ -209,7 +211,7 @@ def test_a_revised_adjudication_keeps_the_earlier_one(double, client_for):
             text=text,
             category="missed finding",
         )
-    [row] = export(client_for(double.admin), double.project, "history=1")
+    [row] = export(client_for(double.admin), double.project, "history=1&reviewer_names=1")
     assert row["final_source"] == "adjudication" and row["revision"] is None
     assert row["final_text"] == "Benign fibroadenoma, no atypia."
     [earlier] = row["earlier_versions"]
@@ -321,7 +323,7 @@ def test_history_is_read_once_per_chunk_of_labels(people, monkeypatch):
         read(task, people.pathologist, "accepted")
         read(task, people.pathologist, "edited", text=f"Benign, case {i}.")
     with CaptureQueriesContext(connection) as queries:
-        rows = list(exports.label_rows(people.project, history=True))
+        rows = list(exports.label_rows(people.project, history=True, reviewer_names=True))
     audit = [q for q in queries if "annotations_auditevent" in q["sql"]]
     assert len(audit) == 3  # 10 labels in chunks of 4
     assert [row["task_id"] for row in rows] == [task.pk for task in tasks]

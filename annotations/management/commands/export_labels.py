@@ -4,7 +4,20 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from annotations import exports
-from annotations.models import Project
+from annotations.models import Decision, Project, ReviewState
+
+# Options given as the export URL's query names them (ExportOptions.from_query).
+_QUERY_NAMES = {
+    "decision": "decision",
+    "review_state": "review_state",
+    "reviewer": "reviewer",
+    "date_from": "from",
+    "date_to": "to",
+    "model_id": "model_id",
+    "prompt_version": "prompt_version",
+    "split": "split",
+    "split_seed": "split_seed",
+}
 
 
 class Command(BaseCommand):
@@ -20,18 +33,63 @@ class Command(BaseCommand):
         parser.add_argument(
             "--history", action="store_true", help="each label's earlier versions (the audit)"
         )
+        filters = parser.add_argument_group("filters")
+        filters.add_argument("--decision", choices=list(Decision.values))
+        filters.add_argument("--review-state", choices=list(ReviewState.values))
+        filters.add_argument("--reviewer", help="a username, or its pseudonym")
+        filters.add_argument("--from", dest="date_from", help="labelled on or after (ISO date)")
+        filters.add_argument("--to", dest="date_to", help="labelled on or before (ISO date)")
+        filters.add_argument("--model-id", help="the model, as exported or as recorded")
+        filters.add_argument("--prompt-version")
+        filters.add_argument(
+            "--meta", action="append", default=[], metavar="KEY=VALUE", help="manifest field"
+        )
+        parser.add_argument(
+            "--split", help="train,validation,test ratios (80,10,10): a `split` column"
+        )
+        parser.add_argument("--split-seed", help="the split's seed (an integer; 0)")
+        parser.add_argument(
+            "--reviewer-names", action="store_true", help="usernames, not pseudonyms"
+        )
 
     def handle(self, *args, project, format, out, readings, history, **options):
-        chosen = {"readings": readings, "history": history}
+        query = {
+            "format": format,
+            "readings": "all" if readings else "",
+            "history": "1" if history else "",
+            "reviewer_names": "1" if options["reviewer_names"] else "",
+        }
+        for name, key in _QUERY_NAMES.items():
+            if options.get(name) is not None:
+                query[key] = str(options[name])
+        for pair in options["meta"]:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise CommandError(f"--meta takes KEY=VALUE, not {pair!r}.")
+            query[f"meta.{key.strip()}"] = value
+        chosen = exports.ExportOptions.from_query(query)
+        self._check(chosen, query)
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
         if out == "-":
-            count = exports.write_export(target, sys.stdout, format=format, **chosen)
+            count = exports.write_export_options(target, sys.stdout, chosen)
         else:
             path = Path(out)
             tmp = path.with_name(path.name + ".part")
             with tmp.open("w", encoding="utf-8", newline="") as fh:
-                count = exports.write_export(target, fh, format=format, **chosen)
+                count = exports.write_export_options(target, fh, chosen)
             tmp.replace(path)  # a reader never sees a half-written export
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
+
+    def _check(self, chosen, query) -> None:
+        """A value the URL would ignore is an error here: someone typed it."""
+        for name, key in _QUERY_NAMES.items():
+            given = query.get(key, "").strip()
+            ignored = (
+                str(chosen.split_seed) != given.lstrip("+")
+                if name == "split_seed"
+                else getattr(chosen, name) in ("", None)
+            )
+            if given and ignored:
+                raise CommandError(f"Bad value for --{key.replace('_', '-')}: {given!r}.")
