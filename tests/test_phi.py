@@ -25,11 +25,12 @@ from django.conf import settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from PIL import Image as PILImage
 
-from annotations import exports, services
-from annotations.models import Decision, Task, TaskState
+from annotations import exportjobs, exports, services
+from annotations.models import Decision, ExportJob, Task, TaskState
 from imaging import pixels, samples, series
 from imaging.inspect import ALLOWED_PROPERTIES
 from imaging.patches import PatchSettings, plan_patches, read_patches
+from inference.tasks import export_task
 from tests.factories import draft_fields
 
 # The free text an Aperio scanner writes into the slide description.
@@ -132,6 +133,8 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
         "draft_id": [draft.pk],
         "image_id": [task.image_id],
         "index": list(range(len(draft.regions))),
+        # An export job of the task's project, written: its page and its file.
+        "job_id": [_export_job(task.project).pk],
     }
     if not params:
         return [reverse(pattern.name)]
@@ -163,6 +166,18 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
             for i in values["index"]
         ]
     return [reverse(pattern.name, kwargs={k: values[k][0] for k in params})]
+
+
+def _export_job(project) -> ExportJob:
+    """A finished export job of `project` (made and run once)."""
+    job = ExportJob.objects.filter(project=project).first()
+    if job is None:
+        job = exportjobs.export_job_start(
+            project=project, requested_by=None, options=exports.ExportOptions()
+        )
+        export_task(job.pk)
+        job.refresh_from_db()
+    return job
 
 
 def _body(response) -> bytes:
