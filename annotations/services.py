@@ -435,6 +435,7 @@ def images_ingest(
     uploaded_by: AbstractBaseUser | None = None,
     enqueue: bool = True,
     metadata_for: Callable[[Path], dict[str, str] | None] | None = None,
+    progress: Callable[[IngestResult, int], None] | None = None,
 ) -> list[IngestResult]:
     """Store the files of one upload, folder or zip as images and make them tasks.
 
@@ -447,17 +448,29 @@ def images_ingest(
     manifest fields of a file given by its path.
     Files stored alone are written in chunks (`_chunk_ingest`): each is staged, hashed while
     copied and decoded once, then a chunk's rows go in one transaction.
+    `progress(result, files)` is called with each result once it is final, in order, and
+    the number of the given files it accounts for (a zip's count comes with its last result).
     """
+    report = progress or (lambda result, files: None)
     with contextlib.ExitStack() as spooled:
         loose, zips = [], []
         for name, source in files:
             path = _as_path(source, spooled)
             (zips if archives.is_zip(name) else loose).append((name, path))
         results = _units_ingest(
-            project, series.group_files(loose), uploaded_by, enqueue, metadata_for, given=True
+            project,
+            series.group_files(loose),
+            uploaded_by,
+            enqueue,
+            metadata_for,
+            given=True,
+            progress=report,
         )
         for name, path in zips:
-            results += _zip_ingest(project, name, path, uploaded_by, enqueue)
+            found = _zip_ingest(project, name, path, uploaded_by, enqueue)
+            for i, result in enumerate(found):
+                report(result, int(i == len(found) - 1))
+            results += found
     return results
 
 
@@ -562,18 +575,38 @@ class _Pending:
 
 
 def _units_ingest(
-    project, units, uploaded_by, enqueue, metadata_for, *, prefix="", given=False
+    project,
+    units,
+    uploaded_by,
+    enqueue,
+    metadata_for,
+    *,
+    prefix="",
+    given=False,
+    progress=None,
 ) -> list[IngestResult]:
     """One result per unit, in order. Files stored alone go through `_chunk_ingest`; a
-    multi-file unit is ingested alone, after the files before it."""
+    multi-file unit is ingested alone, after the files before it. `progress` is told of
+    each result once it is final (see `images_ingest`)."""
     results: list[IngestResult | None] = []
+    files: list[int] = []  # how many given files each result accounts for
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        while progress and reported < len(results) and results[reported] is not None:
+            progress(results[reported], files[reported])
+            reported += 1
+
     chunk: list[_Pending] = []
     chunk_bytes = 0
     with contextlib.ExitStack() as staging:
         for unit in units:
+            files.append(len(unit.members) + len(unit.left_out))
             if unit.problem or unit.kind != "file":
                 _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
                 chunk, chunk_bytes = [], 0
+                report()
                 results.append(
                     _unit_ingest(
                         project,
@@ -585,6 +618,7 @@ def _units_ingest(
                         given=given,
                     )
                 )
+                report()
                 continue
             member = unit.main_member
             item = _Pending(
@@ -612,7 +646,9 @@ def _units_ingest(
             if len(chunk) >= INGEST_CHUNK_FILES or chunk_bytes >= INGEST_CHUNK_BYTES:
                 _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
                 chunk, chunk_bytes = [], 0
+                report()
         _chunk_ingest(project, chunk, uploaded_by, enqueue, results, staging)
+        report()
     return results  # type: ignore[return-value]
 
 

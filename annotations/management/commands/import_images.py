@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -33,8 +34,79 @@ def iter_named_files(paths: list[str]):
                 yield from _folder_files(companion, f"{companion.name}/")
 
 
+class Progress:
+    """What the command shows while it imports.
+
+    On a terminal (stderr a tty): one line redrawn in place,
+    ``[####    ] 120/1000 imported 118, duplicate 1, rejected 1``; lines for rejected files
+    only, above it, when stdout is that terminal too. Otherwise one line per file on stdout
+    (a log, a pipe, cron), as each is decided.
+    """
+
+    WIDTH = 30
+    REDRAW_S = 0.1
+
+    def __init__(self, command: BaseCommand, total: int, refused_rows: dict) -> None:
+        self.out, self.err = command.stdout, command.stderr
+        self.bar = self.err.isatty()
+        self.every_line = not (self.bar and self.out.isatty())
+        self.total = max(total, 1)
+        self.done = 0
+        self.counts = {"imported": 0, "duplicate": 0, "rejected": 0}
+        self.refused_rows = refused_rows
+        self.drawn_at = 0.0
+
+    def __call__(self, result: services.IngestResult, files: int) -> None:
+        self.counts[result.status] += 1
+        self.done += files
+        if self.every_line or result.status == "rejected":
+            self.clear()
+            self.out.write(self.line(result))
+        self.draw()
+
+    def line(self, result: services.IngestResult) -> str:
+        path = result.source or Path(result.name)
+        line = f"{result.status:9} {path}"
+        if result.source is not None and result.name != result.source.name:
+            line += f" [{result.name}]"
+        if result.task is not None:
+            line += f" (task {result.task.pk})"
+        if result.message:
+            line += f": {result.message}"
+        problem = self.refused_rows.get(str(path)) or self.refused_rows.get(path.name)
+        if problem is not None and result.status == "imported":
+            line += f" (without manifest fields: line {problem.line} was rejected)"
+        return line
+
+    def summary(self) -> str:
+        return ", ".join(f"{status} {n}" for status, n in self.counts.items())
+
+    def draw(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.bar or (not final and now - self.drawn_at < self.REDRAW_S):
+            return
+        self.drawn_at = now
+        done = self.total if final else min(self.done, self.total)
+        filled = self.WIDTH * done // self.total
+        bar = "#" * filled + " " * (self.WIDTH - filled)
+        self.err.write(f"\r[{bar}] {done}/{self.total} {self.summary()}", ending="")
+        self.err.flush()
+
+    def clear(self) -> None:
+        if self.bar and self.drawn_at:
+            self.err.write("\r\x1b[K", ending="")
+
+    def finish(self) -> None:
+        self.draw(final=True)
+        if self.bar:
+            self.err.write("")
+
+
 class Command(BaseCommand):
-    help = "Import image files or folders into a project; one line per file."
+    help = (
+        "Import image files or folders into a project: a progress bar on a terminal, "
+        "otherwise one line per file. Exits non-zero if any file was rejected."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+")
@@ -61,34 +133,23 @@ class Command(BaseCommand):
             self.stdout.write(f"{'rejected':9} {problem}")
             if problem.field != "file" and problem.file:
                 refused_rows[problem.file] = refused_rows[Path(problem.file).name] = problem
-        counts = {"imported": 0, "duplicate": 0, "rejected": 0}
         files = list(iter_named_files(paths))
-        results = [
-            services.IngestResult(str(path), "rejected", "no such file", source=path)
-            for _, path in files
-            if not path.exists()
-        ]
+        progress = Progress(self, len(files), refused_rows)
+        for _, path in files:
+            if not path.exists():
+                progress(
+                    services.IngestResult(path.name, "rejected", "no such file", source=path), 1
+                )
         # Grouped: the files of a DICOM series or a MIRAX slide become one image.
-        results += services.images_ingest(
+        services.images_ingest(
             project=target,
             files=[(name, path) for name, path in files if path.exists()],
             enqueue=not no_draft,
             metadata_for=rows.fields_for,
+            progress=progress,
         )
-        for result in results:
-            path = result.source or Path(result.name)
-            counts[result.status] += 1
-            line = f"{result.status:9} {path}"
-            if result.source is not None and result.name != result.source.name:
-                line += f" [{result.name}]"
-            if result.task is not None:
-                line += f" (task {result.task.pk})"
-            if result.message:
-                line += f": {result.message}"
-            problem = refused_rows.get(str(path)) or refused_rows.get(path.name)
-            if problem is not None and result.status == "imported":
-                line += f" (without manifest fields: line {problem.line} was rejected)"
-            self.stdout.write(line)
+        progress.finish()
+        counts = progress.counts
         summary = ", ".join(f"{n} {status}" for status, n in counts.items())
         if rows.problems:
             summary += f", {len(rows.problems)} manifest row(s) rejected"
