@@ -8,11 +8,12 @@ import os
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.urls import reverse
 
 from annotations import exportjobs, exports, services
-from annotations.models import Draft, ExportState, Label
+from annotations.models import Draft, ExportState, Label, Role
 from annotations.notice import AI_NOTICE
 from inference.tasks import export_task
 from tests.factories import make_drafted_task
@@ -202,3 +203,29 @@ def test_chat_rows_render_through_the_demo_models_chat_template(
     assert f"{INSTRUCTION}<end_of_turn>\n<start_of_turn>model\n" in text
     assert text.count("<start_of_image>") == len(got[1]["images"])
     assert EDIT.strip() in text
+
+
+def test_an_adjudicated_task_gives_the_adjudicators_text(people, client_for):
+    services.project_reading_settings_set(
+        project=people.project, readings_per_task=2, disagreement_words=5
+    )
+    people.project.refresh_from_db()
+    reader2 = get_user_model().objects.create_user("rosa", password="x")
+    services.membership_set(project=people.project, user=reader2, role=Role.PATHOLOGIST)
+    ada = get_user_model().objects.create_user("ada", password="x")
+    services.membership_set(project=people.project, user=ada, role=Role.ADJUDICATOR)
+    task = make_drafted_task(people.project)
+    Draft.objects.filter(task=task).update(instruction=INSTRUCTION)
+    decide(task, people.pathologist, "accepted")
+    decide(task, reader2, "rejected")
+    services.adjudication_record(
+        task_id=task.pk, adjudicator=ada, decision="edited", text="Benign fibroadenoma."
+    )
+    client = client_for(people.admin)
+    (chat,) = rows(client, people.project, "format=chat")
+    assert chat["messages"] == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Benign fibroadenoma."}]},
+    ]
+    (dpo,) = rows(client, people.project, "format=dpo")
+    assert (dpo["chosen"], dpo["rejected"]) == ("Benign fibroadenoma.", DRAFT)
