@@ -46,7 +46,8 @@ def export_job_file(job: ExportJob) -> Path:
 
 def export_job_filename(job: ExportJob) -> str:
     """The name the browser saves the file under."""
-    return f"{slugify(job.project.name) or 'project'}-labels.{job.format}"
+    options = exports.ExportOptions.from_query({"format": job.format} | job.options)
+    return f"{slugify(job.project.name) or 'project'}-{options.file_name}"
 
 
 def _rows_expected(project: Project) -> int:
@@ -70,7 +71,7 @@ def export_job_start(
         job = ExportJob.objects.create(
             project=project,
             requested_by=requested_by,
-            format=options.format,
+            format=options.file_format,  # the file's; options keep a training format
             options=options.to_query(),  # plain JSON, read back by the worker
             rows_expected=_rows_expected(project),
         )
@@ -153,7 +154,7 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
         with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
             buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
             out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
-            options = exports.ExportOptions.from_query(job.options | {"format": job.format})
+            options = exports.ExportOptions.from_query({"format": job.format} | job.options)
             rows = exports.write_export_options(job.project, out, options)
             out.flush()
             os.fsync(raw.fileno())

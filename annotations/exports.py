@@ -46,8 +46,11 @@ from imaging.inspect import ALLOWED_PROPERTIES
 # Labels read (and audit events looked up) per chunk: memory stays flat at any project size.
 CHUNK = 500
 
-FORMATS = ("jsonl", "csv")
-CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
+# The training formats: JSON Lines files with other rows, built from the export's rows.
+TRAINING_FORMATS = ("chat", "dpo", "kto", "geojson")
+FORMATS = ("jsonl", "csv", *TRAINING_FORMATS)
+_NDJSON = "application/x-ndjson; charset=utf-8"
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8"} | {f: _NDJSON for f in FORMATS if f != "csv"}
 
 # The audit actions that write a label or an adjudication, with its state before and after.
 LABEL_RECORD, LABEL_UNDO, ADJUDICATION_RECORD = "label.record", "label.undo", "adjudication.record"
@@ -138,6 +141,17 @@ class ExportOptions:
     split_seed: int = 0
     reviewer_names: bool = False
 
+    @property
+    def file_format(self) -> str:
+        """What the file is: `csv`, or `jsonl` (every other format is JSON Lines)."""
+        return file_format(self.format)
+
+    @property
+    def file_name(self) -> str:
+        """The file's name after the project's: `labels.jsonl`, `labels-chat.jsonl`..."""
+        name = "labels" if self.format in ("jsonl", "csv") else f"labels-{self.format}"
+        return f"{name}.{self.file_format}"
+
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> ExportOptions:
         """`?readings=all`, `?history=1` and `?format=csv`; the filters `decision`,
@@ -207,6 +221,11 @@ class ExportOptions:
         if self.reviewer_names:
             chosen["reviewer_names"] = True
         return chosen
+
+
+def file_format(format: str) -> str:
+    """`csv`, or `jsonl` for every other export format: what an export job's file is."""
+    return "csv" if format == "csv" else "jsonl"
 
 
 # Reviewers as pseudonyms ----------------------------------------------------------------
@@ -347,6 +366,14 @@ def _params(project: Project) -> dict[str, Any]:
     return {"project": project.pk, "notice": AI_NOTICE}
 
 
+# The image as a training set names it, relative to the export: images/<sha256><suffix>,
+# the suffix of the stored file (none for a folder).
+_IMAGE_PATH = r"""'images/' || i.sha256
+    || coalesce(lower(substring(i.file from '(\.[A-Za-z0-9]{{1,10}})$')), '')"""
+# The instruction the model was given, without the chat template's tokens (the rendered
+# prompt, `prompt`, has them); a draft that did not record it: its rendered prompt.
+_INSTRUCTION = "coalesce(nullif(d.instruction, ''), d.prompt)"
+
 # A task's group for the split: its patient, else its case, else the task alone.
 _SPLIT_GROUP = """coalesce('patient:' || nullif(t.metadata ->> 'patient_id', ''),
     'case:' || nullif(t.metadata ->> 'case_id', ''), 'task:' || t.id::text)"""
@@ -387,6 +414,12 @@ def _query(project: Project, options: ExportOptions) -> _Query:
         params["split_train"] = round(train / total * 2**32)
         params["split_validation"] = round((train + validation) / total * 2**32)
         fields.append(("split", _SPLIT))
+    if options.format in TRAINING_FORMATS:
+        fields += [
+            ("image_path", _IMAGE_PATH),
+            ("instruction", _INSTRUCTION),
+            ("system_prompt", "d.system_prompt"),
+        ]
 
     double = project.readings_per_task > 1
     task: list[str] = []  # conditions on the task
@@ -629,6 +662,9 @@ def _final_row(
             "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
             "regions": feature_collection([]),
         }
+        if "instruction" in row:  # a training format's fields
+            row["instruction"] = draft.instruction or draft.prompt
+            row["system_prompt"] = draft.system_prompt
         for name in ("edit_chars", "edit_words", "time_on_task_ms"):
             row[name] = None
         row["fast_accept"] = False
@@ -737,6 +773,112 @@ def _version(event: _Event, name: _Name = _username) -> dict[str, Any]:
     }
 
 
+# Training formats ------------------------------------------------------------------------
+
+_VALIDATED = frozenset({Decision.ACCEPTED, Decision.EDITED})
+
+
+def training_rows(rows: Iterable[dict[str, Any]], options: ExportOptions) -> Iterator[dict]:
+    """The export's rows (label_rows, with a training format's fields) as that format's
+    rows: `chat` (TRL's conversational format for a vision-language model: the validated
+    labels), `dpo` (edited labels: the final text chosen over the draft), `kto` (the draft
+    as completion, labelled true when accepted), `geojson` (the labels with regions, one
+    FeatureCollection each). Images are named relative to the export (`images/<sha256>...`);
+    the AI-draft notice and, when asked, the split go with every row."""
+    build = _TRAINING[options.format]
+    for row in rows:
+        built = build(row)
+        if built is None:
+            continue
+        if options.format == "geojson":  # the reviewer's regions: no AI draft in them
+            if options.split is not None:
+                built["properties"]["split"] = row.get("split")
+        else:
+            if options.split is not None:
+                built["split"] = row.get("split")
+            built["draft_notice"] = row["draft_notice"]
+        yield built
+
+
+def _user_turn(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation up to the model's answer: the system prompt (if any), then the image
+    and the instruction."""
+    turns: list[dict[str, Any]] = []
+    if row["system_prompt"]:
+        turns.append({"role": "system", "content": [_text(row["system_prompt"])]})
+    turns.append({"role": "user", "content": [{"type": "image"}, _text(row["instruction"])]})
+    return turns
+
+
+def _text(text: str) -> dict[str, str]:
+    return {"type": "text", "text": text}
+
+
+def _chat(row: dict[str, Any]) -> dict[str, Any] | None:
+    if row["decision"] not in _VALIDATED:
+        return None
+    answer = {"role": "assistant", "content": [_text(row["final_text"])]}
+    return {
+        "messages": [*_user_turn(row), answer],
+        "images": [row["image_path"]],
+        "task_id": row["task_id"],
+        "model_id": row["model_id"],
+    }
+
+
+def _dpo(row: dict[str, Any]) -> dict[str, Any] | None:
+    if row["decision"] != Decision.EDITED or row["final_text"] == row["draft_text"]:
+        return None
+    return {
+        "prompt": row["instruction"],
+        "system_prompt": row["system_prompt"],
+        "chosen": row["final_text"],
+        "rejected": row["draft_text"],
+        "images": [row["image_path"]],
+        "task_id": row["task_id"],
+        "model_id": row["model_id"],
+        "edit_chars": row["edit_chars"],
+        "edit_words": row["edit_words"],
+    }
+
+
+def _kto(row: dict[str, Any]) -> dict[str, Any] | None:
+    return {
+        "prompt": row["instruction"],
+        "system_prompt": row["system_prompt"],
+        "completion": row["draft_text"],
+        "label": row["decision"] == Decision.ACCEPTED,
+        "decision": row["decision"],
+        "images": [row["image_path"]],
+        "task_id": row["task_id"],
+        "model_id": row["model_id"],
+        "edit_chars": row["edit_chars"],
+        "edit_words": row["edit_words"],
+    }
+
+
+def _geojson(row: dict[str, Any]) -> dict[str, Any] | None:
+    features = (row.get("regions") or {}).get("features") or []
+    if not features:
+        return None
+    collection = feature_collection(features)
+    collection["properties"] = {
+        "task_id": row["task_id"],
+        "image_sha256": row["image_sha256"],
+        "image": row["image_path"],
+        "decision": row["decision"],
+    }
+    return collection
+
+
+_TRAINING: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+    "chat": _chat,
+    "dpo": _dpo,
+    "kto": _kto,
+    "geojson": _geojson,
+}
+
+
 # Writing --------------------------------------------------------------------------------
 
 
@@ -794,6 +936,9 @@ def export_options_chunks(project: Project, options: ExportOptions) -> Iterable[
     """export_chunks, its options as an ExportOptions."""
     if options.format not in FORMATS:
         raise ValueError(f"unknown export format {options.format!r}")
+    if options.format in TRAINING_FORMATS:
+        rows = training_rows(label_rows(project, options=options), options)
+        return (line.encode() for line in _jsonl(rows))
     if _is_plain(project, options.history):
         return _Copied(_query(project, options), options.format)
     rows = label_rows(project, options=options)

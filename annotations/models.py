@@ -705,7 +705,9 @@ class ExportState(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
-EXPORT_FORMATS = ("jsonl", "csv")  # annotations.exports.FORMATS
+# The file an export job writes (annotations.exports.file_format): a training format
+# (chat, dpo...) is a JSON Lines file, and its job keeps the format in its options.
+EXPORT_FORMATS = ("jsonl", "csv")
 
 
 class ExportJob(models.Model):

@@ -211,7 +211,8 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
-    """The project's labels as JSONL, or CSV with `?format=csv`. `?readings=all`: every
+    """The project's labels as JSONL, or CSV with `?format=csv`; training sets with
+    `?format=chat|dpo|kto|geojson` (JSON Lines). `?readings=all`: every
     reading of a double-read task; `?history=1`: every label's earlier versions; filters,
     a train/validation/test split and reviewer names (ExportOptions.from_query). Other
     values: the default export."""
@@ -221,7 +222,7 @@ def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
         exports.export_options_chunks(project, options),
         content_type=exports.CONTENT_TYPES[options.format],
     )
-    filename = f"{slugify(project.name) or 'project'}-labels.{options.format}"
+    filename = f"{slugify(project.name) or 'project'}-{options.file_name}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     services.audit_record(
         action="project.export",
