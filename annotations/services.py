@@ -25,8 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models, transaction
-from django.db.models import F, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q
 from django.utils import timezone
 
 import imaging
@@ -1002,9 +1001,9 @@ def _label_write(
     locked: Task | None = None,
     renew: int | None = None,
 ) -> tuple[Label, bool]:
-    """`label_record` in the caller's transaction. Four statements: the task locked with
-    what the decision is checked against, its readings, the label, and the rest of the
-    writes in one; two when the caller has the task `locked` (`task_for_decision`).
+    """`label_record` in the caller's transaction. Two statements: the task locked with
+    what the decision is checked against and its readings (`task_for_decision`; none when
+    the caller has it `locked` already), then the label and every other write in one.
     `renew`: a task the reviewer claimed ahead, whose claim is renewed with the writes;
     with the label, whether they still held it."""
     if decision not in Decision.values:
@@ -1026,9 +1025,7 @@ def _label_write(
         if regions
         else []
     )
-    readings = getattr(task, "readings", None)
-    if readings is None:
-        readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
+    readings = task.readings
     label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
     cells_before = _agreement_cells(readings, project)
     if _repeats(label, client_id, decision, draft_id, text, reason, checked):
@@ -1081,15 +1078,21 @@ def _label_write(
     return label, renewed
 
 
-def task_for_decision(task_id: int, user: AbstractBaseUser) -> Task | None:
+def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | None:
     """The task locked for a decision by `user`, in the caller's transaction, with all a
-    decision needs in one statement: its project and image, `role` (the user's in the
-    project, None if not a member), `draft_pk` and `draft_text` (its newest draft),
-    `adjudicated` (the adjudication's decision, blank if none) and `readings` (its labels,
-    oldest first). None if there is no such task. The hot path of the review queue: plain
-    SQL, so nothing is compiled per request."""
+    decision needs, read in one statement once the lock is held: its project and image,
+    `role` (the user's in the project, None if not a member or no user), `draft_pk` and
+    `draft_text` (its newest draft), `adjudicated` (the adjudication's decision, blank if
+    none) and `readings` (its labels, oldest first). None if there is no such task. Every
+    reading's write loads its task so (the review queue's hot path among them): plain SQL,
+    nothing compiled per request."""
     with connection.cursor() as cursor:
-        cursor.execute(_decision_sql(), {"task": task_id, "me": user.pk})
+        # The lock first, on its own: a statement that waits for it keeps the snapshot it
+        # began with, and would miss the readings committed by the holder it waited for.
+        cursor.execute("SELECT 1 FROM annotations_task WHERE id = %s FOR UPDATE", [task_id])
+        if cursor.fetchone() is None:
+            return None
+        cursor.execute(_decision_sql(), {"task": task_id, "me": user.pk if user else None})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -1130,7 +1133,6 @@ LEFT JOIN LATERAL (
   ORDER BY created_at DESC, id DESC LIMIT 1
 ) d ON true
 WHERE t.id = %(task)s
-FOR UPDATE OF t
 """
 
 
@@ -1162,21 +1164,12 @@ def _label_from_json(task: Task, row: dict) -> Label:
 
 
 def _task_for_decision(task_id: int) -> Task:
-    """The task, locked, with its project and image, and what a decision on it is checked
-    against: its newest draft (`draft_pk`, `draft_text`) and the adjudication's decision
-    (`adjudicated`: blank if none). One statement."""
-    newest = Draft.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-id")
-    adjudication = Adjudication.objects.filter(task=OuterRef("pk"))
-    return (
-        Task.objects.select_for_update(of=("self",))
-        .select_related("project", "image")
-        .annotate(
-            draft_pk=Subquery(newest.values("pk")[:1]),
-            draft_text=Subquery(newest.values("text")[:1]),
-            adjudicated=Coalesce(Subquery(adjudication.values("decision")[:1]), Value("")),
-        )
-        .get(pk=task_id)
-    )
+    """`task_for_decision` for the services (no user: no role); Task.DoesNotExist if
+    there is no such task."""
+    task = task_for_decision(task_id, None)
+    if task is None:
+        raise Task.DoesNotExist(f"no task {task_id}")
+    return task
 
 
 def review_of(
@@ -1407,7 +1400,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         task = _task_for_decision(task_id)
         if task.adjudicated:
             raise UndoRefused(UNDO_ADJUDICATED)
-        readings = list(Label.objects.filter(task_id=task.pk).order_by("created_at", "id"))
+        readings = task.readings
         label = next((r for r in readings if r.reviewer_id == reviewer.pk), None)
         record = (
             AuditEvent.objects.filter(task=task, actor=reviewer, action="label.record")
@@ -1524,8 +1517,7 @@ def task_review_state_refresh(*, task_id: int, actor: AbstractBaseUser | None = 
     services that record or undo a reading or an adjudication do this in their transaction."""
     with transaction.atomic():
         task = _task_for_decision(task_id)
-        readings = list(task.labels.order_by("created_at", "id"))
-        _review_settle(task, readings, actor, [])
+        _review_settle(task, task.readings, actor, [])
     return task.review_state
 
 
