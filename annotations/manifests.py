@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MAX_VALUE_CHARS = 2000
 MAX_FIELD_NAME_CHARS = 100
@@ -39,10 +40,18 @@ class RowProblem:
 class Manifest:
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
     problems: list[RowProblem] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # each row's file, as written, in order
 
     def fields_for(self, path: Path) -> dict[str, str] | None:
         """The fields of a file's row, looked up by the path as given, then by its name."""
         return self.rows.get(str(path)) or self.rows.get(path.name)
+
+    def unmatched(self, given: Iterable[str]) -> list[str]:
+        """The manifest's file names that match none of the `given` files (paths or names)."""
+        seen = set()
+        for name in given:
+            seen.update((name, PurePosixPath(name).name))
+        return [n for n in self.names if n not in seen and PurePosixPath(n).name not in seen]
 
 
 def value_problem(value: str, *, max_chars: int = MAX_VALUE_CHARS) -> str | None:
@@ -92,6 +101,7 @@ def manifest_read(path: Path) -> Manifest:
                     continue
                 values = {k.strip(): (v or "").strip() for k, v in row.items() if k and v}
                 if name:
+                    manifest.names.append(name)
                     manifest.rows[name] = manifest.rows[Path(name).name] = values
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ManifestError(f"{path}: cannot read the manifest: {exc}") from None
