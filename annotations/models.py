@@ -448,6 +448,11 @@ class Claim(models.Model):
     )
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # Claimed ahead, while the reader read `after_task`: its review area as rendered then
+    # (annotations.views.review_ahead), which the decision on `after_task` sends at once.
+    # It goes with the claim.
+    after_task = models.BigIntegerField(null=True, blank=True)
+    page = models.TextField(blank=True, db_default="")
 
     class Meta:
         constraints = [

@@ -29,7 +29,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 import imaging
-from annotations import agreement, backfills, counters, messages
+from annotations import agreement, backfills, counters, hotsql, messages
 from annotations.models import (
     TO_READ,
     Adjudication,
@@ -977,9 +977,13 @@ def decide_locked(
     **decision: Any,
 ) -> tuple[Label, Claimed | None]:
     """`decide_and_claim` in the caller's transaction, on a task it has locked
-    (`task_for_decision`): the label and the other writes, then the next task."""
+    (`task_for_decision`): the label and the other writes, then the next task. When the
+    caller's is the outermost transaction, it is committed with the writes, in their round
+    trip (`hotsql.commit_early`): what follows (claiming the next task now, if the one
+    claimed ahead was lost) is a transaction of its own, committed when the caller's block
+    ends."""
     reviewer = decision["reviewer"]
-    label, renewed = _label_write(locked=task, renew=prefetched, **decision)
+    label, renewed = _label_write(locked=task, renew=prefetched, commit=True, **decision)
     if renewed:
         return label, Claimed(prefetched, prefetched=True)
     return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
@@ -1000,6 +1004,7 @@ def _label_write(
     time_on_task_ms: int | None = None,
     locked: Task | None = None,
     renew: int | None = None,
+    commit: bool = False,
 ) -> tuple[Label, bool]:
     """`label_record` in the caller's transaction. Two statements: the task locked with
     what the decision is checked against and its readings (`task_for_decision`; none when
@@ -1074,6 +1079,7 @@ def _label_write(
         cells_before=cells_before,
         renew=renew,
         saving=label,
+        commit=commit,
     )
     return label, renewed
 
@@ -1083,17 +1089,20 @@ def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | Non
     decision needs, read in one statement once the lock is held: its project and image,
     `role` (the user's in the project, None if not a member or no user), `draft_pk` and
     `draft_text` (its newest draft), `adjudicated` (the adjudication's decision, blank if
-    none) and `readings` (its labels, oldest first). None if there is no such task. Every
+    none), `readings` (its labels, oldest first) and `ahead` (the user's next task claimed
+    ahead while they read this one, with its page; None if none). None if there is no such
+    task. Every
     reading's write loads its task so (the review queue's hot path among them): plain SQL,
     nothing compiled per request."""
-    with connection.cursor() as cursor:
-        # The lock first, on its own: a statement that waits for it keeps the snapshot it
-        # began with, and would miss the readings committed by the holder it waited for.
-        cursor.execute("SELECT 1 FROM annotations_task WHERE id = %s FOR UPDATE", [task_id])
-        if cursor.fetchone() is None:
-            return None
-        cursor.execute(_decision_sql(), {"task": task_id, "me": user.pk if user else None})
-        row = cursor.fetchone()
+    # The lock first, in a statement of its own: a statement that waits for it keeps the
+    # snapshot it began with, and would miss the readings committed by the holder it waited
+    # for. The read is sent with it (and with the BEGIN) all the same: PostgreSQL runs it
+    # once the lock is held, with a snapshot taken then; only the waits are saved.
+    with hotsql.prepared_cursor() as lock, hotsql.prepared_cursor() as read:
+        with hotsql.pipelined():
+            lock.execute(_LOCK_SQL, {"task": task_id})
+            read.execute(_decision_sql(), {"task": task_id, "me": user.pk if user else None})
+        row = read.fetchone()  # none without the task: the lock found nothing either
     if row is None:
         return None
     task_fields, project_fields, image_fields = (_FIELDS[m] for m in (Task, Project, Image))
@@ -1102,14 +1111,42 @@ def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | Non
     task = _from_row(Task, task_fields, row[:a])
     task.project = _from_row(Project, project_fields, row[a:b])
     task.image = _from_row(Image, image_fields, row[b:c])
-    task.role, task.draft_pk, task.draft_text, task.adjudicated, readings = row[c:]
+    task.role, task.draft_pk, task.draft_text, task.adjudicated, readings, ahead = row[c:]
     if isinstance(readings, str):
         readings = json.loads(readings)
     task.readings = [_label_from_json(task, r) for r in readings or ()]
+    if isinstance(ahead, str):
+        ahead = json.loads(ahead)
+    task.ahead = Ahead(*ahead) if ahead else None
     return task
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """The reader's next task, claimed while they read this one, and its review area as
+    rendered then (`claim_page_keep`)."""
+
+    task_id: int
+    page: str
+
+
+def ahead_of(task_id: int, reviewer: AbstractBaseUser) -> Ahead | None:
+    """`task_for_decision`'s `ahead`, alone."""
+    held = Claim.objects.filter(reviewer=reviewer, after_task=task_id).exclude(page="")
+    found = held.order_by("-expires_at").values_list("task_id", "page").first()
+    return Ahead(*found) if found else None
+
+
+def claim_page_keep(*, task_id: int, reviewer: AbstractBaseUser, after: int, page: str) -> bool:
+    """Keep the review area of a task `reviewer` claimed ahead while reading `after`, with
+    their claim: the decision on `after` sends it (`task_for_decision` reads it as
+    `task.ahead`). False if they no longer hold the claim."""
+    held = Claim.objects.filter(task_id=task_id, reviewer=reviewer)
+    return held.update(after_task=after, page=page) == 1
+
+
 _FIELDS = {m: m._meta.concrete_fields for m in (Task, Project, Image)}
+_LOCK_SQL = "SELECT 1 FROM annotations_task WHERE id = %(task)s FOR UPDATE"
 
 
 @functools.cache
@@ -1124,7 +1161,10 @@ SELECT {columns(Task, "t")}, {columns(Project, "p")}, {columns(Image, "i")},
   d.id, d.text,
   COALESCE((SELECT a.decision FROM annotations_adjudication a WHERE a.task_id = t.id), ''),
   (SELECT json_agg(l ORDER BY l.created_at, l.id) FROM annotations_label l
-   WHERE l.task_id = t.id)
+   WHERE l.task_id = t.id),
+  (SELECT json_build_array(c.task_id, c.page) FROM annotations_claim c
+   WHERE c.reviewer_id = %(me)s AND c.after_task = t.id AND c.page <> ''
+   ORDER BY c.expires_at DESC LIMIT 1)
 FROM annotations_task t
 JOIN annotations_project p ON p.id = t.project_id
 JOIN annotations_image i ON i.id = t.image_id
@@ -1202,6 +1242,7 @@ def _review_settle(
     cells_before: Counter | None = None,
     renew: int | None = None,
     saving: Label | None = None,
+    commit: bool = False,
 ) -> bool:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
@@ -1210,7 +1251,7 @@ def _review_settle(
     reader's claim on `renew` (a task claimed ahead: whether they still hold it is
     returned), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
-    locked and annotated by `_task_for_decision`."""
+    locked and annotated by `_task_for_decision`. `commit`: see `_execute_together`."""
     project = task.project
     state, outcome = review_of(
         readings,
@@ -1271,7 +1312,10 @@ def _review_settle(
         return False
     watched = [p for p in (counted_part if deltas else None, renewing) if p is not None]
     counts = _execute_together(
-        parts, returning=[parts.index(p) + 1 for p in watched], first_id=saving is not None
+        parts,
+        returning=[parts.index(p) + 1 for p in watched],
+        first_id=saving is not None,
+        commit=commit,
     )
     if saving is not None:
         saving.pk, counts = counts[0], counts[1:]
@@ -1312,12 +1356,17 @@ def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | N
 
 
 def _execute_together(
-    parts: list[tuple[str, list]], *, returning: Sequence[int] = (), first_id: bool = False
+    parts: list[tuple[str, list]],
+    *,
+    returning: Sequence[int] = (),
+    first_id: bool = False,
+    commit: bool = False,
 ):
     """Run several writes as one statement (data-modifying CTEs: one snapshot, one round
     trip). `returning`: the 1-based indexes of parts with RETURNING whose row counts to give
     back, in that order, after the id the first part returns if `first_id`. The parts touch
-    different rows, so their order does not matter."""
+    different rows, so their order does not matter. `commit`: the transaction is committed
+    with them, in the same round trip, when it is the outermost (`hotsql.commit_early`)."""
     names = [f"w{i}" for i in range(len(parts))]
     sql = "WITH " + ", ".join(f"{n} AS ({q})" for n, (q, _) in zip(names, parts, strict=True))
     counted = [f"(SELECT count(*) FROM {names[i - 1]})" for i in returning]
@@ -1325,8 +1374,11 @@ def _execute_together(
         counted.insert(0, "(SELECT id FROM w0)")
     sql += " SELECT " + (", ".join(counted) if counted else "1")
     params = [p for _, ps in parts for p in ps]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    with hotsql.prepared_cursor() as cursor:
+        with hotsql.pipelined():
+            cursor.execute(sql, params)
+            if commit:
+                hotsql.commit_early()
         return cursor.fetchone() if counted else ()
 
 

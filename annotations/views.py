@@ -10,7 +10,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core import signing
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -620,11 +619,11 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
             )
             if not form.is_valid():
                 raise _GeneralPath
-            ahead = cache.get(_ahead_key(user.pk, task.pk)) if request.htmx else None
+            ahead = task.ahead if request.htmx else None
             _, claimed = services.decide_locked(
                 task=task,
                 skipped=request.session.get(_skipped_key(project), []),
-                prefetched=ahead and ahead["task"],
+                prefetched=ahead and ahead.task_id,
                 **_decision_of(request, task, form.cleaned_data),
             )
     except (_GeneralPath, services.ReviewConflict, services.InvalidTransition):
@@ -653,12 +652,11 @@ def _decision_of(request: HttpRequest, task, data: dict) -> dict:
     )
 
 
-def _ahead_sent(request: HttpRequest, task, claimed, ahead: dict) -> HttpResponse:
+def _ahead_sent(request: HttpRequest, task, claimed, ahead: services.Ahead) -> HttpResponse:
     """The next task's review area rendered ahead, sent as it is, with the form's time on
     task counting from now."""
-    # Left in the cache (it expires with the claim): the next page asks for its own.
     rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
-    html = ahead["html"].replace(RENDERED_AT_LATER, rendered_at)
+    html = ahead.page.replace(RENDERED_AT_LATER, rendered_at)
     return _in_review_area(HttpResponse(html), reverse("task-detail", args=[claimed.task_id]))
 
 
@@ -671,9 +669,9 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
         services.label_record(**decision)
         request.session[_last_decided_key(project.pk)] = task.pk
         return _queue_next(request, project, decided=task.pk)
-    ahead = cache.get(_ahead_key(request.user.pk, task.pk)) if request.htmx else None
+    ahead = services.ahead_of(task.pk, request.user) if request.htmx else None
     _, claimed = services.decide_and_claim(
-        project=project, skipped=skipped, prefetched=ahead and ahead["task"], **decision
+        project=project, skipped=skipped, prefetched=ahead and ahead.task_id, **decision
     )
     if claimed is not None and claimed.prefetched:
         return _ahead_sent(request, task, claimed, ahead)
@@ -681,13 +679,9 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
 
 
 # The review area of the reviewer's next task is rendered while they read the current one
-# (`review_ahead`), and kept in the cache for the decision to send: deciding then renders
-# nothing. The form's render time is filled in when it is sent.
+# (`review_ahead`), and kept with their claim on it for the decision to send: deciding
+# then renders nothing. The form's render time is filled in when it is sent.
 RENDERED_AT_LATER = "rendered-at-when-sent"
-
-
-def _ahead_key(user_id: int, task_id: int) -> str:
-    return f"review-ahead:{user_id}:{task_id}"
 
 
 @require_POST
@@ -711,8 +705,9 @@ def review_ahead(request: HttpRequest, project_id: int) -> HttpResponse:
     context = _claimed_context(request, claimed, decided=int(after), ahead=True)
     if context is not None:
         html = render_to_string("annotations/task_detail.html#next-task", context, request)
-        ahead = {"task": claimed.task_id, "html": html}
-        cache.set(_ahead_key(request.user.pk, int(after)), ahead, settings.MEDANNOT_CLAIM_SECONDS)
+        services.claim_page_keep(
+            task_id=claimed.task_id, reviewer=request.user, after=int(after), page=html
+        )
     return HttpResponse(status=204)
 
 
