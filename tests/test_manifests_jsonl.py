@@ -14,6 +14,11 @@ from annotations.models import Task
 from tests.factories import make_drafted_task
 from tests.test_ingest_chunks import write_photos
 
+try:  # the browser test below uses test_browser's Chromium fixture
+    from tests.test_browser import CHROMIUM, Visit, browser, run_axe  # noqa: F401
+except pytest.skip.Exception:  # no Playwright here
+    CHROMIUM = None
+
 
 def write_jsonl(path: Path, *rows) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
@@ -252,3 +257,43 @@ def test_outsiders_see_no_case_details(people, client_for):
         response = client_for(user).get(reverse("task-detail", args=[task.pk]))
         assert response.status_code in (403, 404)
         assert b"C-SECRET" not in response.content
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_case_details_meet_wcag_21_aa_open_and_closed(
+    browser,  # noqa: F811 (test_browser's fixture)
+    live_server,
+    people,
+    sample_files,
+    tmp_path,
+):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    visit = Visit(page, live_server.url, people, sample_files, tmp_path)
+    task = visit.drafted_photo()
+    Task.objects.filter(pk=task.pk).update(
+        metadata={
+            "case_id": "C-1",
+            "patient_id": "P-0042",
+            "body_site": "forearm",
+            "clinical history": "<b>itchy</b> for 3 months",
+            "reference": "Compound naevus.\nNo atypia.",
+        }
+    )
+    visit.login("paul")
+    visit.go("task-detail", task.pk)
+    details = page.locator("#manifest-reference")
+    assert details.get_attribute("open") is None  # folded away: the draft is read first
+    assert not page.get_by_text("No atypia.").is_visible()
+    assert not run_axe(page)
+    page.click("#manifest-reference summary")
+    assert page.get_by_text("No atypia.").is_visible()
+    assert not run_axe(page)
+    assert page.locator(".case-details dt").all_inner_texts() == [
+        "Case",
+        "Patient",
+        "Body site",
+        "clinical history",
+    ]
+    assert page.locator(".case-details dd").nth(3).inner_text() == "<b>itchy</b> for 3 months"
+    page.close()
