@@ -212,9 +212,9 @@ def _jsonl_row(line: int, text: str, problems: list[RowProblem]):
         if _is_file_key(key) or value is None:
             continue
         why = _name_problem(key, row)
-        if why is not None:
-            problems.append(RowProblem(line, name, _printable(key), f"the field {why}; ignored"))
-            continue
+        if why is not None:  # refused whole, as a bad value is: the row says one thing
+            problems.append(RowProblem(line, _printable(name), _printable(key), f"the field {why}"))
+            return None
         if isinstance(value, dict | list):
             why = "is a nested object or list; only text, numbers and true/false are taken"
             problems.append(RowProblem(line, _printable(name), key.strip(), why))

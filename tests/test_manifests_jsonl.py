@@ -76,6 +76,8 @@ def test_a_broken_line_is_refused_alone_with_its_number(tmp_path):
         {"file": "e.jpg", "organ": "bre\x00ast"},
         {"file": "f.jpg", "organ": "x" * 5000},
         {"file": "g.jpg", "stain": "PAS", "notes": None},
+        {"file": "h.jpg", "stain": "PAS", "Stain": "H&E"},
+        {"file": "i.jpg", "st\x01ain": "PAS"},
     )
     m = manifests.manifest_read(path)
     assert m.names == ["a.jpg", "g.jpg"]
@@ -90,7 +92,14 @@ def test_a_broken_line_is_refused_alone_with_its_number(tmp_path):
         "manifest line 8 (e.jpg), field 'organ': contains the control character U+0000"
     )
     assert shown[6].startswith("manifest line 9 (f.jpg), field 'organ': is 5000 characters")
-    assert len(shown) == 7
+    assert (
+        shown[7] == "manifest line 11 (h.jpg), field 'Stain': the field repeats the field 'stain'"
+    )
+    assert shown[8] == (
+        "manifest line 12 (i.jpg), field 'st?ain': the field name contains the control "
+        "character U+0001"
+    )
+    assert len(shown) == 9
 
 
 def test_jsonl_is_recognised_by_its_content_whatever_its_name(tmp_path):
