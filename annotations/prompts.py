@@ -101,7 +101,8 @@ def render(template: str, fields: Mapping[str, object]) -> str:
     values = {
         str(k): sanitize(str(v))[:MAX_FIELD_CHARS] for k, v in fields.items() if v not in (None, "")
     }
-    organ, site = values.get("organ"), values.get("site")
+    organ = values.get("organ")
+    site = values.get("body_site") or values.get("site")  # a manifest's site may be a hospital
     values.setdefault("organ_clause", f" ({organ})" if organ else "")
     values.setdefault("site_clause", f" on the {site}" if site else "")
     out: list[str] = []

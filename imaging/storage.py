@@ -13,11 +13,17 @@ Typical caller (a Django service)::
         except Exception:
             staged.undo_commit()   # removes the stored file only if this upload created it
             raise
+
+Inside ``linking_sources()`` (``import_images --link``), a file given by its path outside
+the media root is hashed and inspected as usual, but the store keeps an absolute symlink to
+it instead of a copy: the original must stay where it is, readable by the web and worker
+processes. Cleanup here only ever removes the link, never what it points to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import math
 import os
@@ -61,6 +67,44 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 # --------------------------------------------------------------------------- storage
+
+_LINKING: contextvars.ContextVar[bool] = contextvars.ContextVar("link_sources", default=False)
+
+
+@contextlib.contextmanager
+def linking_sources() -> Iterator[None]:
+    """Store files given by path as symlinks to them instead of copies, inside the block.
+
+    A context, not an argument threaded through every ingest function: the ingest code is
+    the same for copies and links, only where the bytes end up differs.
+    """
+    token = _LINKING.set(True)
+    try:
+        yield
+    finally:
+        _LINKING.reset(token)
+
+
+def _link_target(src: Path | str | BinaryIO, media_root: Path) -> Path | None:
+    """The original to link to, or None to copy: linking is off, `src` is a stream, or it
+    lies under the media root (a zip unpacked in tmp/ is gone once ingested)."""
+    if not _LINKING.get() or not isinstance(src, str | os.PathLike):
+        return None
+    target = Path(src).resolve()
+    if target.is_relative_to(Path(media_root).resolve()):
+        return None
+    return target
+
+
+def _hash_file(path: Path, max_bytes: int) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in _read_chunks(path):
+        size += len(chunk)
+        if size > max_bytes:
+            raise ImageRejected(f"file too large: the limit is {_human_bytes(max_bytes)}")
+        digest.update(chunk)
+    return digest.hexdigest(), size
 
 
 @dataclass(frozen=True)
@@ -122,6 +166,10 @@ def store_file(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=safe_suffix("x" + suffix), dir=tmp_dir)
     temp_path = Path(name)
+    target = _link_target(src, media_root)
+    if target is not None:
+        os.close(fd)
+        return _stage_link(target, temp_path, max_bytes)
     digest = hashlib.sha256()
     size = 0
     try:
@@ -139,6 +187,18 @@ def store_file(
         temp_path.unlink(missing_ok=True)
         raise
     return StoredFile(sha256=digest.hexdigest(), size=size, temp_path=temp_path)
+
+
+def _stage_link(target: Path, temp_path: Path, max_bytes: int) -> StoredFile:
+    """The temp file replaced by a symlink to `target` (keeping its suffix for OpenSlide)."""
+    try:
+        sha256, size = _hash_file(target, max_bytes)
+        temp_path.unlink()
+        os.symlink(target, temp_path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    return StoredFile(sha256=sha256, size=size, temp_path=temp_path)
 
 
 def human_bytes(n: int) -> str:
@@ -162,13 +222,20 @@ def relative_path_for(sha256: str, suffix: str) -> str:
 
 
 def _existing_copy(folder: Path, sha256: str) -> Path | None:
-    """A file already stored for this content, whatever suffix it got (.jpg vs .jpeg)."""
+    """A file already stored for this content, whatever suffix it got (.jpg vs .jpeg).
+
+    A link whose original is gone is no copy: it is removed (only the link), so that this
+    file takes its place.
+    """
     if not folder.is_dir():
         return None
     for entry in sorted(folder.iterdir()):
         stem, dot, ext = entry.name.partition(".")
-        if stem == sha256 and dot and _SUFFIX_RE.match("." + ext) and entry.is_file():
-            return entry
+        if stem == sha256 and dot and _SUFFIX_RE.match("." + ext):
+            if entry.is_file():
+                return entry
+            if entry.is_symlink():
+                entry.unlink(missing_ok=True)
     return None
 
 
@@ -184,7 +251,7 @@ def _place(stored: StoredFile, media_root: Path, suffix: str) -> tuple[str, bool
         return existing.relative_to(media_root).as_posix(), False
     try:
         # link() fails if a concurrent upload of the same bytes won the race: exclusive create
-        os.link(stored.temp_path, dest)
+        os.link(stored.temp_path, dest, follow_symlinks=False)  # a link stays a link
     except FileExistsError:
         discard(stored)
         return rel, False
@@ -285,7 +352,10 @@ def sweep_tmp(media_root: Path, *, older_than_s: float = 24 * 3600) -> int:
     removed = 0
     for entry in tmp_dir.iterdir():
         with contextlib.suppress(FileNotFoundError):
-            if entry.is_symlink():
+            if entry.is_symlink():  # a link staged for --link: remove it, never its original
+                if entry.lstat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
                 continue
             if entry.is_file() and entry.stat().st_mtime < cutoff:
                 entry.unlink()
@@ -365,6 +435,9 @@ class StagedFolder:
             folder = folder_path_for(self.sha256)
             dest = self.media_root / folder
             dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir() and not (dest / self.names[main]).exists():
+                # its main file lost, or linked to an original that moved: these replace it
+                shutil.rmtree(dest, ignore_errors=True)  # removes links, never originals
             if not dest.is_dir():
                 try:
                     os.rename(self.temp_dir, dest)  # a directory rename is atomic
@@ -382,6 +455,18 @@ class StagedFolder:
             shutil.rmtree(self.media_root / folder_path_for(self.sha256), ignore_errors=True)
             self.created = False
         self.relative_path = None
+
+
+def _stage_member(
+    src: Path | BinaryIO, dest: Path, max_bytes: int, file_mode: int, media_root: Path
+) -> str:
+    """Copy `src` to `dest` while hashing it, or (linking) make `dest` a link to it."""
+    target = _link_target(src, media_root)
+    if target is None:
+        return _copy_hashed(src, dest, max_bytes, file_mode)
+    sha256, _ = _hash_file(target, max_bytes)
+    os.symlink(target, dest)
+    return sha256
 
 
 def _copy_hashed(src: Path | BinaryIO, dest: Path, max_bytes: int, file_mode: int) -> str:
@@ -410,7 +495,8 @@ def staged_folder(
     file_mode: int = 0o644,
 ) -> Iterator[StagedFolder]:
     """Copy (name, source) members into a new folder under ``media_root/tmp/`` while
-    hashing them; the folder is always gone on exit unless committed.
+    hashing them (inside `linking_sources`, link each one instead); the folder is always
+    gone on exit unless committed.
 
     Names are relative paths kept as given (made safe by `safe_member_name`): MIRAX needs
     ``slide.mrxs`` beside ``slide/``. With `content_suffix` (``".dcm"``), files are named
@@ -427,7 +513,7 @@ def staged_folder(
         for i, (name, src) in enumerate(members):
             if content_suffix is not None:
                 part = temp_dir / f".part-{i}"
-                sha = _copy_hashed(src, part, max_bytes, file_mode)
+                sha = _stage_member(src, part, max_bytes, file_mode, media_root)
                 stored = sha[:32] + content_suffix
                 if stored in files:
                     part.unlink()
@@ -438,7 +524,7 @@ def staged_folder(
                 if stored.lower() in {n.lower() for n in files}:
                     raise ImageRejected(f"two files of one image are both named {stored!r}")
                 (temp_dir / stored).parent.mkdir(parents=True, exist_ok=True)
-                sha = _copy_hashed(src, temp_dir / stored, max_bytes, file_mode)
+                sha = _stage_member(src, temp_dir / stored, max_bytes, file_mode, media_root)
             names[name] = stored
             files[stored] = sha
         for folder in [temp_dir, *(p for p in temp_dir.rglob("*") if p.is_dir())]:

@@ -1,3 +1,4 @@
+import contextlib
 import time
 from pathlib import Path
 
@@ -5,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotations import manifests, services
 from annotations.models import Project
+from imaging.storage import linking_sources
 
 
 def _folder_files(folder: Path, prefix: str):
@@ -55,9 +57,12 @@ class Progress:
         self.counts = {"imported": 0, "duplicate": 0, "rejected": 0}
         self.refused_rows = refused_rows
         self.drawn_at = 0.0
+        self.imported: list[services.IngestResult] = []
 
     def __call__(self, result: services.IngestResult, files: int) -> None:
         self.counts[result.status] += 1
+        if result.status == "imported":
+            self.imported.append(result)
         self.done += files
         if self.every_line or result.status == "rejected":
             self.clear()
@@ -102,10 +107,23 @@ class Progress:
             self.err.write("")
 
 
+def unnamed_by_manifest(rows: manifests.Manifest, imported: list[services.IngestResult]):
+    """The imported files the manifest names nowhere: their tasks got no fields from it."""
+    for result in imported:
+        if result.task is not None and result.task.metadata:
+            continue
+        if result.source is not None and rows.fields_for(result.source) is not None:
+            continue  # named, with no values (or a refused row, reported already)
+        yield result.source or result.name
+
+
 class Command(BaseCommand):
     help = (
         "Import image files or folders into a project: a progress bar on a terminal, "
-        "otherwise one line per file. Exits non-zero if any file was rejected."
+        "otherwise one line per file. Exits non-zero if any file was rejected. A rerun "
+        "imports only what is new. With --link, files are referenced where they are "
+        "instead of copied: the originals must stay in place, readable by the web and "
+        "worker processes."
     )
 
     def add_arguments(self, parser):
@@ -116,11 +134,22 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--manifest",
-            help="CSV with a `file` column (name or path) and fields such as organ or "
-            "procedure, which prompt templates can use as {organ}",
+            help="CSV, or JSON Lines (.jsonl), with a `file` column or key (name or path) and "
+            "fields: case_id, patient_id, site, stain, body_site, reference, or any other "
+            "such as organ, which prompt templates can use as {organ}. Names that match no "
+            "file, and files the manifest does not name, are reported as warnings",
+        )
+        parser.add_argument(
+            "--link",
+            action="store_true",
+            help="reference the files in place (a symlink in the store) instead of copying "
+            "them; they are still read once to hash and check them. The originals must not "
+            "be moved, renamed or deleted, and must stay readable by the web and worker "
+            "processes: an image whose original is gone cannot be shown or drafted. "
+            "Importing the same file again (with or without --link) restores it",
         )
 
-    def handle(self, *args, paths, project, no_draft, manifest, **options):
+    def handle(self, *args, paths, project, no_draft, manifest, link=False, **options):
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
@@ -141,14 +170,17 @@ class Command(BaseCommand):
                     services.IngestResult(path.name, "rejected", "no such file", source=path), 1
                 )
         # Grouped: the files of a DICOM series or a MIRAX slide become one image.
-        services.images_ingest(
-            project=target,
-            files=[(name, path) for name, path in files if path.exists()],
-            enqueue=not no_draft,
-            metadata_for=rows.fields_for,
-            progress=progress,
-        )
+        with linking_sources() if link else contextlib.nullcontext():
+            services.images_ingest(
+                project=target,
+                files=[(name, path) for name, path in files if path.exists()],
+                enqueue=not no_draft,
+                metadata_for=rows.fields_for,
+                progress=progress,
+            )
         progress.finish()
+        if manifest:
+            self.manifest_warnings(rows, files, progress.imported)
         counts = progress.counts
         summary = ", ".join(f"{n} {status}" for status, n in counts.items())
         if rows.problems:
@@ -161,3 +193,11 @@ class Command(BaseCommand):
                 f"{len(rows.problems)} manifest row(s) rejected; their files were imported "
                 "without those fields."
             )
+
+    def manifest_warnings(self, rows, files, imported) -> None:
+        """Names on either side that found no partner: warnings, the import stands."""
+        given = [str(path) for _, path in files] + [name for name, _ in files]
+        for name in rows.unmatched(given):
+            self.stdout.write(f"{'warning':9} the manifest names {name}, which matches no file")
+        for path in unnamed_by_manifest(rows, imported):
+            self.stdout.write(f"{'warning':9} {path} is not named in the manifest")
