@@ -37,12 +37,12 @@ def batch_ingest(*, batch: UploadBatch) -> dict:
     Idempotent: the batch is claimed by a conditional update, so a second finish (a double
     click, a retry) returns the stored report and ingests nothing twice.
     """
-    claimed = UploadBatch.objects.filter(pk=batch.pk, finished_at=None).update(
-        finished_at=timezone.now()
-    )
+    now = timezone.now()
+    claimed = UploadBatch.objects.filter(pk=batch.pk, finished_at=None).update(finished_at=now)
     if not claimed:
-        batch.refresh_from_db()
+        batch.refresh_from_db(fields=["finished_at", "report"])
         return batch.report
+    batch.finished_at = now
     uploads = list(batch.uploads.order_by("pk"))
     done = [u for u in uploads if u.state == UploadState.COMPLETE]
     manifest_upload = _manifest_of(done)
