@@ -1,0 +1,63 @@
+"""The upload page in a real browser: files go up through tus, each with its progress bar,
+and the batch report is swapped in; the page passes axe-core under the strict CSP."""
+
+import io
+import zipfile
+
+import pytest
+from django.urls import reverse
+
+from annotations.models import Task, Upload, UploadBatch
+from tests.test_browser import CHROMIUM, browser, run_axe  # noqa: F401 (the fixture)
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
+
+
+def log_in(page, url: str, username: str) -> None:
+    page.goto(url + reverse("login"))
+    page.fill("#id_username", username)
+    page.fill("#id_password", "password")
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/login/" not in u)
+
+
+def test_three_files_with_a_zip_go_up_and_the_report_appears(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    sample_files,
+    tmp_path,
+):
+    archive = tmp_path / "more-slides.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(sample_files["svs"], "inside/biopsy-2.svs")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    assert page.is_visible("#upload-drop")  # JavaScript took the form over
+    violations = run_axe(page)
+    assert not violations, violations
+
+    page.set_input_files("#id_files", [sample_files["slide"], sample_files["photo"], archive])
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#upload-report #upload-results", timeout=60_000)
+    bars = page.eval_on_selector_all("#upload-files progress", "els => els.map(e => e.value)")
+    assert bars == [100, 100, 100]
+    assert page.get_attribute("#upload-batch-progress", "value") == "100"
+    report = page.inner_text("#upload-results")
+    assert "3 files kept" in report
+    assert "lesion-1.jpg is a photo" in report  # a photo in this pathology project
+    assert "Upload finished" in page.inner_text("#upload-status")
+    assert Task.objects.filter(project=people.project).count() == 3
+    assert UploadBatch.objects.get().finished_at is not None
+    assert Upload.objects.filter(state="ingested").count() == 3
+    violations = run_axe(page)
+    assert not violations, violations
+    assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
+    page.close()
