@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from annotations import tus, uploadbatches
 from annotations.models import Image, Task, Upload, UploadBatch
+from imaging import samples
 from tests.test_tus import create, patch
 
 
@@ -234,3 +235,31 @@ def test_the_upload_page_still_has_the_plain_form(people, researcher):
 def test_the_batch_service_is_callable_without_a_request(people, sample_files):
     batch = uploadbatches.batch_create(project=people.project, user=people.researcher)
     assert uploadbatches.batch_ingest(batch=batch) == {"files": [], "warnings": []}
+
+
+def test_a_mirax_folder_dropped_as_a_folder_stays_one_slide(people, researcher, tmp_path):
+    mrxs = samples.write_mirax(tmp_path / "mirax", seed=3)
+    folder = mrxs.with_suffix("")
+    info = start(researcher, people.project)
+    batch = batch_of(info)
+    send(researcher, people.project, batch, mrxs.name, mrxs.read_bytes(), relativePath=mrxs.name)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = f"{folder.name}/{path.relative_to(folder)}"
+        send(researcher, people.project, batch, path.name, path.read_bytes(), relativePath=relative)
+    finish(researcher, people.project, info["batch"])
+    files = batch_of(info).report["files"]
+    assert [f["status"] for f in files] == ["imported"], files
+    assert Image.objects.get().format == "mrxs"
+
+
+def test_a_dicom_series_sent_as_files_stays_one_slide(people, researcher, tmp_path):
+    instances = samples.write_dicom_series(tmp_path / "dicom", seed=2)
+    info = start(researcher, people.project)
+    batch = batch_of(info)
+    for path in instances:
+        send(researcher, people.project, batch, path.name, path.read_bytes())
+    finish(researcher, people.project, info["batch"])
+    files = batch_of(info).report["files"]
+    assert [f["status"] for f in files] == ["imported"], files
+    assert Image.objects.get().kind == "slide"
+    assert batch_of(info).report["warnings"] == []  # a slide in a pathology project
