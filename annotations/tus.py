@@ -215,3 +215,18 @@ def upload_terminate(*, upload: Upload) -> None:
 
 def expired(upload: Upload) -> bool:
     return upload.expires_at <= timezone.now()
+
+
+def uploads_sweep_expired() -> int:
+    """Delete the unfinished uploads past their expiry, with their partial files: a page
+    closed mid-upload leaves nothing behind for long. For the hourly sweep; returns how many."""
+    stale = list(
+        Upload.objects.filter(
+            expires_at__lte=timezone.now(),
+            state__in=[UploadState.RECEIVING, UploadState.COMPLETE],
+            batch__finished_at=None,
+        )
+    )
+    for upload in stale:
+        upload_terminate(upload=upload)
+    return len(stale)

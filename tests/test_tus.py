@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.urls import reverse
+from django.utils import timezone
 
 from annotations import tus, uploadbatches
 from annotations.models import Upload, UploadState
@@ -232,3 +233,19 @@ def test_a_folder_path_cannot_climb_out(people, researcher, batch):
     create(researcher, people.project, batch, 4, relativePath="../../etc/slide/Data0000.dat")
     assert Upload.objects.get().relative_path == "etc/slide/Data0000.dat"
     assert Path(tus.staging_path(Upload.objects.get())).parent.name == tus.STAGING_DIR
+
+
+def test_the_sweep_removes_expired_uploads_and_their_files(people, researcher, batch):
+    location = create(researcher, people.project, batch, 10)["Location"]
+    patch(researcher, location, b"abc", 0)
+    kept = Upload.objects.get()
+    create(researcher, people.project, batch, 10)
+    expired = Upload.objects.exclude(pk=kept.pk).get()
+    Upload.objects.filter(pk=expired.pk).update(expires_at=timezone.now())
+    path = tus.staging_path(expired)
+    assert path.exists()
+    assert tus.uploads_sweep_expired() == 1
+    assert not path.exists() and list(Upload.objects.all()) == [kept]
+    # An expired upload is gone for its sender too.
+    Upload.objects.update(expires_at=timezone.now())
+    assert researcher.head(location, **TUS).status_code == 404
