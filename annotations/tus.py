@@ -20,6 +20,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from annotations.models import Project, Upload, UploadBatch, UploadState
@@ -81,11 +82,39 @@ def upload_create(
         raise TusError(400, "The upload did not say how large the file is (Upload-Length).")
     if length > max_size():
         raise TusError(413, f"File too large: the limit is {human_bytes(max_size())}.")
-    batch = UploadBatch.objects.filter(
-        pk=_int_or_none(metadata.get("batch")), project=project, user=user, finished_at=None
-    ).first()
-    if batch is None:
-        raise TusError(400, "This upload belongs to no open batch: reload the upload page.")
+    with transaction.atomic():
+        # The batch row locked: files created at once cannot together pass its limits.
+        batch = (
+            UploadBatch.objects.select_for_update()
+            .filter(
+                pk=_int_or_none(metadata.get("batch")), project=project, user=user, finished_at=None
+            )
+            .first()
+        )
+        if batch is None:
+            raise TusError(400, "This upload belongs to no open batch: reload the upload page.")
+        _batch_room_check(batch, length)
+        return _upload_create(project, user, batch, length, metadata)
+
+
+def _batch_room_check(batch: UploadBatch, length: int) -> None:
+    """The plain form's limits, for a batch: the number of files and their total size."""
+    sent = batch.uploads.aggregate(files=Count("pk"), size=Sum("length"))
+    if sent["files"] >= settings.MEDANNOT_MAX_UPLOAD_FILES:
+        raise TusError(
+            413,
+            f"Not uploaded: at most {settings.MEDANNOT_MAX_UPLOAD_FILES} files per upload; "
+            "upload the rest separately.",
+        )
+    if (sent["size"] or 0) + length > settings.MEDANNOT_MAX_UPLOAD_BYTES:
+        raise TusError(
+            413,
+            f"Not uploaded: at most {human_bytes(settings.MEDANNOT_MAX_UPLOAD_BYTES)} per "
+            "upload in total size; upload the rest separately.",
+        )
+
+
+def _upload_create(project, user, batch, length: int, metadata: dict[str, str]) -> Upload:
     checksum = metadata.get("sha256", "").lower()
     if checksum and (len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum)):
         raise TusError(400, "The file's checksum (sha256) is not a valid one.")
@@ -104,6 +133,7 @@ def upload_create(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     if length == 0 and not _complete(upload, path):
+        path.unlink()  # the row goes with the refusal's rollback
         raise TusError(460, "The empty file does not match its checksum.")
     return upload
 

@@ -249,3 +249,22 @@ def test_the_sweep_removes_expired_uploads_and_their_files(people, researcher, b
     # An expired upload is gone for its sender too.
     Upload.objects.update(expires_at=timezone.now())
     assert researcher.head(location, **TUS).status_code == 404
+
+
+def test_a_batch_has_the_plain_forms_limits(people, researcher, batch, settings):
+    settings.MEDANNOT_MAX_UPLOAD_FILES = 2
+    settings.MEDANNOT_MAX_UPLOAD_BYTES = 100
+    assert create(researcher, people.project, batch, 60).status_code == 201
+    too_big = create(researcher, people.project, batch, 41)
+    assert too_big.status_code == 413 and "in total size" in too_big.content.decode()
+    assert create(researcher, people.project, batch, 40).status_code == 201
+    too_many = create(researcher, people.project, batch, 0)
+    assert too_many.status_code == 413 and "at most 2 files" in too_many.content.decode()
+    assert Upload.objects.count() == 2
+
+
+def test_an_empty_file_that_lies_about_its_checksum_leaves_nothing(people, researcher, batch):
+    response = create(researcher, people.project, batch, 0, sha256="0" * 64)
+    assert response.status_code == 460
+    assert not Upload.objects.exists()
+    assert not any((settings.MEDIA_ROOT / tus.STAGING_DIR).iterdir())
