@@ -1,7 +1,6 @@
 """The upload page in a real browser: files go up through tus, each with its progress bar,
 and the batch report is swapped in; the page passes axe-core under the strict CSP."""
 
-import io
 import zipfile
 
 import pytest
@@ -60,4 +59,40 @@ def test_three_files_with_a_zip_go_up_and_the_report_appears(
     violations = run_axe(page)
     assert not violations, violations
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
+    page.close()
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    sample_files,
+    settings,
+):
+    settings.MEDANNOT_UPLOAD_CHUNK_BYTES = 64 * 1024
+    page = browser.new_page()
+    seen = []
+    dropped = []
+
+    def flaky(route, request):
+        seen.append(request.method)
+        if request.method == "PATCH" and seen.count("PATCH") == 3 and not dropped:
+            dropped.append(request.headers.get("upload-offset"))
+            route.abort("connectionreset")  # the third piece never arrives
+        else:
+            route.continue_()
+
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    page.route("**/uploads/tus/**", flaky)
+    page.set_input_files("#id_files", [sample_files["slide"]])
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#upload-report #upload-results", timeout=60_000)
+    assert dropped == [str(2 * 64 * 1024)]
+    # After the drop the client asked how far the file got, then sent the rest.
+    after = seen[seen.index("PATCH") + 3 :]
+    assert after[0] == "HEAD" and "PATCH" in after
+    assert "1 file kept" in page.inner_text("#upload-results")
+    upload = Upload.objects.get()
+    assert upload.offset == upload.length == sample_files["slide"].stat().st_size
     page.close()
