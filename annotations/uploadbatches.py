@@ -45,16 +45,23 @@ def batch_ingest(*, batch: UploadBatch) -> dict:
     batch.finished_at = now
     uploads = list(batch.uploads.order_by("pk"))
     done = [u for u in uploads if u.state == UploadState.COMPLETE]
-    manifest_upload = _manifest_of(done)
-    images = [u for u in done if u is not manifest_upload]
+    tables = [u for u in done if u.filename.lower().endswith(MANIFEST_SUFFIXES)]
+    manifest_upload = _manifest_of(tables)
+    images = [u for u in done if u not in tables]
     names = {tus.staging_path(u): _name(u) for u in images}
     report = {"files": [], "warnings": []}
-    manifest = _manifest_load(manifest_upload, report)
+    report["warnings"] += [
+        f"{_name(u)} was not used: only one manifest is read per upload "
+        f"({manifest_upload.filename})."
+        for u in tables
+        if u is not manifest_upload
+    ]
+    manifest = _manifest_load(manifest_upload, report)  # None: there is none, or unreadable
     results = services.images_ingest(
         project=batch.project,
         files=[(name, path) for path, name in names.items()],
         uploaded_by=batch.user,
-        metadata_for=lambda path: manifest.fields_for(Path(names.get(path, path))),
+        metadata_for=None if manifest is None else _fields_by_name(manifest, names),
     )
     for result in results:
         report["files"].append(
@@ -63,7 +70,7 @@ def batch_ingest(*, batch: UploadBatch) -> dict:
         warning = _modality_warning(batch.project, result)
         if warning:
             report["warnings"].append(warning)
-    if manifest_upload is not None:
+    if manifest is not None:
         report["warnings"] += _manifest_warnings(manifest, results, names)
     for upload in uploads:
         if upload.state != UploadState.COMPLETE:
@@ -82,27 +89,31 @@ def batch_ingest(*, batch: UploadBatch) -> dict:
     return report
 
 
+def _fields_by_name(manifest: manifests.Manifest, names: dict[Path, str]):
+    """The manifest looks files up by the names the user gave, not by their staging paths."""
+    return lambda path: manifest.fields_for(Path(names.get(path, path)))
+
+
 def _name(upload: Upload) -> str:
     return upload.relative_path or upload.filename
 
 
-def _manifest_of(uploads: list[Upload]) -> Upload | None:
-    """The batch's manifest: one named manifest.csv/.jsonl first, else any .csv/.jsonl."""
-    found = [u for u in uploads if u.filename.lower().endswith(MANIFEST_SUFFIXES)]
-    named = [u for u in found if PurePosixPath(u.filename.lower()).stem == "manifest"]
-    return (named or found or [None])[0]
+def _manifest_of(tables: list[Upload]) -> Upload | None:
+    """The batch's manifest among its .csv/.jsonl files: one named manifest first."""
+    named = [u for u in tables if PurePosixPath(u.filename.lower()).stem == "manifest"]
+    return (named or tables or [None])[0]
 
 
-def _manifest_load(upload: Upload | None, report: dict) -> manifests.Manifest:
+def _manifest_load(upload: Upload | None, report: dict) -> manifests.Manifest | None:
     if upload is None:
-        return manifests.Manifest()
+        return None
     try:
         manifest = manifests.manifest_read(tus.staging_path(upload))
     except manifests.ManifestError as exc:
         # The staging path means nothing to the user: name the file as they sent it.
         why = str(exc).split(": ", 1)[-1]
         report["warnings"].append(f"The manifest {upload.filename} was not used: {why}")
-        return manifests.Manifest()
+        return None
     report["warnings"] += [f"{upload.filename}: {problem}" for problem in manifest.problems]
     return manifest
 

@@ -263,3 +263,29 @@ def test_a_dicom_series_sent_as_files_stays_one_slide(people, researcher, tmp_pa
     assert [f["status"] for f in files] == ["imported"], files
     assert Image.objects.get().kind == "slide"
     assert batch_of(info).report["warnings"] == []  # a slide in a pathology project
+
+
+def test_a_second_table_is_named_and_not_ingested(people, researcher, sample_files):
+    info = start(researcher, people.project)
+    batch = batch_of(info)
+    send(researcher, people.project, batch, "notes.csv", b"file,organ\nx.svs,lung\n")
+    send(researcher, people.project, batch, "manifest.csv", b"file,organ\na.tiff,breast\n")
+    send(researcher, people.project, batch, "a.tiff", sample_files["slide"].read_bytes())
+    finish(researcher, people.project, info["batch"])
+    report = batch_of(info).report
+    assert [f["name"] for f in report["files"]] == ["a.tiff"]
+    assert report["warnings"] == [
+        "notes.csv was not used: only one manifest is read per upload (manifest.csv)."
+    ]
+    assert Task.objects.get().metadata == {"organ": "breast"}
+
+
+def test_an_unreadable_manifest_is_named_in_words(people, researcher, sample_files):
+    info = start(researcher, people.project)
+    batch = batch_of(info)
+    send(researcher, people.project, batch, "manifest.csv", b"name,organ\na.tiff,breast\n")
+    send(researcher, people.project, batch, "a.tiff", sample_files["slide"].read_bytes())
+    finish(researcher, people.project, info["batch"])
+    [warning] = batch_of(info).report["warnings"]
+    assert warning == "The manifest manifest.csv was not used: the manifest needs a `file` column"
+    assert str(settings.MEDIA_ROOT) not in warning  # no server paths in the report
