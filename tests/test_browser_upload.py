@@ -6,7 +6,8 @@ import zipfile
 import pytest
 from django.urls import reverse
 
-from annotations.models import Task, Upload, UploadBatch
+from annotations.models import Image, Task, Upload, UploadBatch
+from imaging import samples
 from tests.test_browser import CHROMIUM, browser, run_axe  # noqa: F401 (the fixture)
 
 pytestmark = [
@@ -95,4 +96,24 @@ def test_a_dropped_connection_resumes_where_it_stopped(
     assert "1 file kept" in page.inner_text("#upload-results")
     upload = Upload.objects.get()
     assert upload.offset == upload.length == sample_files["slide"].stat().st_size
+    page.close()
+
+
+def test_a_chosen_folder_keeps_a_mirax_slide_whole(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    tmp_path,
+):
+    samples.write_mirax(tmp_path / "case-12", seed=3)
+    page = browser.new_page()
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    page.set_input_files("#upload-folder", tmp_path / "case-12")
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#upload-report #upload-results", timeout=60_000)
+    assert "1 file kept" in page.inner_text("#upload-results")
+    assert Image.objects.get().format == "mrxs"
+    paths = sorted(Upload.objects.values_list("relative_path", flat=True))
+    assert paths[0] == "case-12/slide.mrxs" and all(p.startswith("case-12/") for p in paths)
     page.close()
