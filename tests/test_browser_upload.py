@@ -1,6 +1,7 @@
 """The upload page in a real browser: files go up through tus, each with its progress bar,
 and the batch report is swapped in; the page passes axe-core under the strict CSP."""
 
+import base64
 import zipfile
 
 import pytest
@@ -116,4 +117,39 @@ def test_a_chosen_folder_keeps_a_mirax_slide_whole(
     assert Image.objects.get().format == "mrxs"
     paths = sorted(Upload.objects.values_list("relative_path", flat=True))
     assert paths[0] == "case-12/slide.mrxs" and all(p.startswith("case-12/") for p in paths)
+    page.close()
+
+
+def test_dropped_files_go_up_too(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    sample_files,
+):
+    page = browser.new_page()
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    # A drop as the browser delivers one, with the files' bytes built in the page.
+    page.evaluate(
+        """([slide, name]) => {
+            const bytes = Uint8Array.from(atob(slide), c => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], name, {type: "image/tiff"}));
+            data.items.add(new File(["not a picture"], "<img src=x>.jpg", {type: "image/jpeg"}));
+            const form = document.getElementById("upload-form");
+            form.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        [base64.b64encode(sample_files["slide"].read_bytes()).decode(), "dropped.tiff"],
+    )
+    page.wait_for_function(
+        "() => document.getElementById('upload-status').textContent.includes('2 files dropped')"
+    )
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#upload-report #upload-results", timeout=60_000)
+    report = page.inner_text("#upload-results")
+    assert "1 file kept, 1 rejected" in report
+    assert "<img src=x>.jpg" in report  # shown as text, not markup
+    assert page.locator("#upload-files label", has_text="<img src=x>.jpg").count() == 1
+    assert page.locator("#upload-files img, #upload-results img").count() == 0
+    assert Image.objects.get().original_name == "dropped.tiff"
     page.close()

@@ -78,10 +78,14 @@
     var items = event.dataTransfer.items;
     var found = [];
     var reads = [];
-    if (items && items.length && items[0].webkitGetAsEntry) {
+    if (items && items.length) {
       Array.prototype.forEach.call(items, function (item) {
-        var entry = item.webkitGetAsEntry();
+        if (item.kind !== "file") { return; }
+        // A folder comes as an entry to walk; a file without one (some browsers) as itself.
+        var entry = item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+        var file = entry ? null : item.getAsFile();
         if (entry) { reads.push(readEntry(entry, found)); }
+        if (file) { found.push({ file: file, path: "" }); }
       });
     } else {
       Array.prototype.forEach.call(event.dataTransfer.files, function (file) {
