@@ -61,6 +61,14 @@ def test_three_files_with_a_zip_go_up_and_the_report_appears(
     violations = run_axe(page)
     assert not violations, violations
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
+    # The project page links the report; both pages pass axe too.
+    page.goto(live_server.url + reverse("project-detail", args=[people.project.pk]))
+    page.click("#recent-uploads a")
+    page.wait_for_selector("#upload-results")
+    assert "3 files kept" in page.inner_text("#upload-results")
+    assert not run_axe(page)
+    page.goto(live_server.url + reverse("project-detail", args=[people.project.pk]))
+    assert not run_axe(page)
     page.close()
 
 
