@@ -12,10 +12,12 @@ import functools
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import http_date
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotations import tus, uploadbatches
@@ -34,7 +36,10 @@ def tus_endpoint(view):
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         version = request.headers.get("Tus-Resumable")
-        if request.method != "OPTIONS" and version != tus.VERSION:
+        refused = _csrf_refusal(request)
+        if refused is not None:
+            response = refused
+        elif request.method != "OPTIONS" and version != tus.VERSION:
             response = _tus_answer(412, f"Only tus {tus.VERSION} is supported.")
             response["Tus-Version"] = tus.VERSION
         else:
@@ -50,7 +55,13 @@ def tus_endpoint(view):
         response["Cache-Control"] = "no-store"
         return response
 
-    return wrapper
+    # Not exempt from CSRF: the same check runs inside, so that its refusal says Tus-Resumable.
+    return csrf_exempt(wrapper)
+
+
+def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Django's own CSRF check (the X-CSRFToken header), as the middleware would run it."""
+    return CsrfViewMiddleware(lambda r: HttpResponse()).process_view(request, None, (), {})
 
 
 def _upload_for_user(request: HttpRequest, project_id: int, upload_id: int) -> Upload:

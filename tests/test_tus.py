@@ -226,7 +226,21 @@ def test_a_piece_without_the_csrf_token_is_refused(people, researcher, batch):
         **TUS,
     )
     assert response.status_code == 403
+    assert response["Tus-Resumable"] == "1.0.0"
     assert Upload.objects.get().offset == 0
+    no_token = researcher.post(
+        reverse("tus-create", args=[people.project.pk]),
+        HTTP_UPLOAD_LENGTH="4",
+        HTTP_UPLOAD_METADATA=metadata(batch=str(batch.pk)),
+        HTTP_X_CSRFTOKEN="",
+        **TUS,
+    )
+    assert no_token.status_code == 403
+    assert Upload.objects.count() == 1
+    for method in ("delete", "patch"):
+        refused = getattr(researcher, method)(location, HTTP_X_CSRFTOKEN="", **TUS)
+        assert refused.status_code == 403, method
+    assert Upload.objects.count() == 1
 
 
 def test_a_folder_path_cannot_climb_out(people, researcher, batch):
