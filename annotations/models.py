@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 import imaging
 from imaging.patches import PatchSettings
@@ -768,3 +768,63 @@ class ExportJob(models.Model):
     def active(self) -> bool:
         """Queued or running: its page polls."""
         return self.state in (ExportState.QUEUED, ExportState.RUNNING)
+
+
+class UploadBatch(models.Model):
+    """The files a user sends from one visit of the upload page, ingested together when the
+    page says they are all in (a DICOM series or a MIRAX folder stays one image)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="upload_batches")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # {"files": [{"name", "status", "message"}], "warnings": [str]}: kept for the report page.
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="uploadbatch_project_recent")
+        ]
+
+    def __str__(self) -> str:
+        return f"Upload batch {self.pk} of project {self.project_id}"
+
+
+class UploadState(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"
+    COMPLETE = "complete", "Complete"
+    INGESTED = "ingested", "Ingested"
+
+
+class Upload(models.Model):
+    """One resumable (tus) upload: a file arriving in pieces into the staging folder."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="uploads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    batch = models.ForeignKey(UploadBatch, on_delete=models.CASCADE, related_name="uploads")
+    filename = models.CharField(max_length=255)
+    relative_path = models.CharField(max_length=1000, blank=True)
+    length = models.BigIntegerField()
+    offset = models.BigIntegerField(default=0)
+    # The whole file's sha256 as the browser computed it; empty when it could not.
+    checksum = models.CharField(max_length=64, blank=True)
+    state = models.CharField(
+        max_length=10, choices=UploadState.choices, default=UploadState.RECEIVING
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(offset__gte=0, length__gte=0, offset__lte=F("length")),
+                name="upload_offset_within_length",
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=UploadState.values), name="upload_state_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Upload {self.pk} ({self.filename}, {self.offset}/{self.length})"

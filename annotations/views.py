@@ -202,6 +202,12 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
             "waiting_for_broker": selectors.project_tasks_waiting_for_broker(project)
             if results
             else 0,
+            # For upload.js: where resumable (tus) uploads and their batches go.
+            "tus_config": {
+                "endpoint": reverse("tus-create", args=[project.pk]),
+                "batches": reverse("upload-batch-create", args=[project.pk]),
+                "chunkSize": settings.MEDANNOT_UPLOAD_CHUNK_BYTES,
+            },
         },
         status=status,
     )

@@ -209,6 +209,10 @@ MEDANNOT_MAX_UPLOAD_BYTES = envint("MEDANNOT_MAX_UPLOAD_BYTES", str(40 * 1024**3
 # entries, or declares more uncompressed bytes, than this: zip bombs write nothing.
 MEDANNOT_MAX_ZIP_ENTRIES = envint("MEDANNOT_MAX_ZIP_ENTRIES", "10000")
 MEDANNOT_MAX_ZIP_BYTES = envint("MEDANNOT_MAX_ZIP_BYTES", str(MEDANNOT_MAX_UPLOAD_BYTES))
+# Resumable (tus) uploads: a file not finished within this many hours may be swept.
+MEDANNOT_UPLOAD_EXPIRY_HOURS = envint("MEDANNOT_UPLOAD_EXPIRY_HOURS", "24")
+# The size of each piece the upload page sends: a dropped connection loses at most one.
+MEDANNOT_UPLOAD_CHUNK_BYTES = envint("MEDANNOT_UPLOAD_CHUNK_BYTES", str(8 * 1024**2))
 
 # The slide viewer (Deep Zoom). Tiles are JPEG at this quality; the token in tile URLs lives
 # this long; each web process keeps this many slides open, sharing an OpenSlide cache of

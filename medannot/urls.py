@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotations import views
+from annotations import tus_views, views
 
 urlpatterns = [
     path("", views.project_list, name="project-list"),
@@ -11,6 +11,27 @@ urlpatterns = [
     path("projects/<int:project_id>/", views.project_detail, name="project-detail"),
     path("projects/<int:project_id>/status/", views.project_status, name="project-status"),
     path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
+    path("projects/<int:project_id>/uploads/tus/", tus_views.tus_create, name="tus-create"),
+    path(
+        "projects/<int:project_id>/uploads/tus/<int:upload_id>",
+        tus_views.tus_upload,
+        name="tus-upload",
+    ),
+    path(
+        "projects/<int:project_id>/uploads/batches/",
+        tus_views.upload_batch_create,
+        name="upload-batch-create",
+    ),
+    path(
+        "projects/<int:project_id>/uploads/<int:batch_id>/",
+        tus_views.upload_batch,
+        name="upload-batch",
+    ),
+    path(
+        "projects/<int:project_id>/uploads/<int:batch_id>/finish/",
+        tus_views.upload_batch_finish,
+        name="upload-batch-finish",
+    ),
     path("projects/<int:project_id>/export.jsonl", views.project_export, name="project-export"),
     path("projects/<int:project_id>/exports/", views.export_start, name="export-start"),
     path("exports/<int:job_id>/", views.export_job, name="export-job"),

@@ -72,6 +72,21 @@ PINNED: dict[str, dict] = {
         # The navigation buttons: point OpenSeadragon's prefixUrl at .../openseadragon/images/.
         "dirs": {"build/openseadragon/images": "images"},
     },
+    # Resumable uploads (the tus 1.0.0 protocol) on the upload page.
+    "tus-js-client": {
+        "version": "4.3.1",
+        "integrity": (
+            "sha512-ZLeYmjrkaU1fUsKbIi8JML52uAocjEZtBx4DKjRrqzrZa0O4MYwT6db+oqePlspV+FxXJAyFBc/"
+            "L5gwUi2OFsg=="
+        ),
+        "dest": "tus-js-client",
+        "files": {
+            "dist/tus.min.js": "tus.min.js",
+            "dist/tus.min.js.map": "tus.min.js.map",
+            "LICENSE": "LICENSE",
+        },
+        "dirs": {},
+    },
 }
 
 # Loaded by the browser tests only (tests/vendor/, never collected as static files).

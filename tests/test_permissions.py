@@ -19,7 +19,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import Http404
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from annotations import exportjobs, exports, services, tiles
+from annotations import exportjobs, exports, services, tiles, tus, uploadbatches
 from annotations.access import (
     Can,
     capabilities,
@@ -52,6 +52,13 @@ MATRIX = {
     "project-detail":       (200,  200,  404,  200,  404,  200,  404,  302),
     "project-status":       (200,  200,  404,  200,  404,  200,  404,  302),
     "project-upload":       (200,  200,  404,  403,  404,  200,  404,  302),
+    # resumable uploads (test_tus, test_upload_batches): an upload, and finishing a batch,
+    # are their sender's (the researcher's) alone; its report is for the project's uploaders
+    "tus-create":           (204,  204,  404,  403,  404,  204,  404,  302),
+    "tus-upload":           (404,  404,  404,  403,  404,  200,  404,  302),
+    "upload-batch-create":  (201,  201,  404,  403,  404,  201,  404,  302),
+    "upload-batch":         (200,  200,  404,  403,  404,  200,  404,  302),
+    "upload-batch-finish":  (404,  404,  404,  403,  404,  200,  404,  302),
     "project-export":       (200,  200,  404,  403,  404,  403,  404,  302),
     "project-settings":     (200,  200,  404,  403,  404,  403,  404,  302),
     # export jobs (test_export_jobs): started by POST (a redirect to the job), then the
@@ -178,6 +185,19 @@ def _request(client, name: str, scene: Scene, user=None):
             return client.post(reverse(name, args=[project_id]), data, HTTP_HX_REQUEST="true")
         case "export-start":
             return client.post(reverse(name, args=[project_id]), {"history": "1"})
+        case "tus-create":
+            return client.options(reverse(name, args=[project_id]))
+        case "tus-upload":
+            upload = _researchers_upload(scene)
+            return client.head(
+                reverse(name, args=[project_id, upload.pk]), HTTP_TUS_RESUMABLE="1.0.0"
+            )
+        case "upload-batch-create":
+            return client.post(reverse(name, args=[project_id]))
+        case "upload-batch" | "upload-batch-finish":
+            batch = _researchers_upload(scene).batch
+            url = reverse(name, args=[project_id, batch.pk])
+            return client.post(url) if name == "upload-batch-finish" else client.get(url)
         case "export-job" | "export-download":
             return client.get(reverse(name, args=[_finished_export(scene).pk]))
         case "task-adjudicate":
@@ -212,6 +232,16 @@ def _request(client, name: str, scene: Scene, user=None):
                 image = None
             return client.get(f"{url}?t={tiles.mint_token(image, user)}" if image else url)
     raise AssertionError(f"no request for {name!r}: add one beside its MATRIX row")
+
+
+def _researchers_upload(scene: Scene):
+    """An upload under way, with its batch, sent by the researcher of `project`."""
+    project = scene.task.project
+    researcher = project.memberships.get(role=Role.RESEARCHER).user
+    batch = uploadbatches.batch_create(project=project, user=researcher)
+    return tus.upload_create(
+        project=project, user=researcher, length=4, metadata={"batch": str(batch.pk)}
+    )
 
 
 def _finished_export(scene: Scene):
