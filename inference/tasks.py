@@ -5,6 +5,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from annotations import tus
 from annotations.exportjobs import export_job_run, export_jobs_sweep
 from annotations.previews import preview_make
 from annotations.queues import (
@@ -48,8 +49,10 @@ def sweep_task() -> None:
 
 @shared_task(name=TMP_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)
 def sweep_tmp_task() -> None:
-    """Delete the temporary files of interrupted uploads (celery beat, every hour)."""
+    """Delete the temporary files of interrupted uploads, and the resumable uploads left
+    unfinished past their expiry (celery beat, every hour)."""
     uploads_sweep_tmp(older_than_s=settings.MEDANNOT_TMP_MAX_AGE_SECONDS)
+    tus.uploads_sweep_expired()
 
 
 @shared_task(name=CLAIM_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)

@@ -265,6 +265,16 @@ def test_the_sweep_removes_expired_uploads_and_their_files(people, researcher, b
     assert researcher.head(location, **TUS).status_code == 404
 
 
+def test_the_hourly_sweep_task_removes_expired_uploads(people, researcher, batch):
+    from inference.tasks import sweep_tmp_task
+
+    create(researcher, people.project, batch, 10)
+    Upload.objects.update(expires_at=timezone.now())
+    path = tus.staging_path(Upload.objects.get())
+    sweep_tmp_task()
+    assert not Upload.objects.exists() and not path.exists()
+
+
 def test_a_batch_has_the_plain_forms_limits(people, researcher, batch, settings):
     settings.MEDANNOT_MAX_UPLOAD_FILES = 2
     settings.MEDANNOT_MAX_UPLOAD_BYTES = 100
