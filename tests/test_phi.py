@@ -15,6 +15,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -22,11 +23,13 @@ import numpy as np
 import openslide
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 from PIL import Image as PILImage
 
 from annotations import exportjobs, exports, services
-from annotations.models import Decision, ExportJob, Task, TaskState
+from annotations.models import Decision, ExportJob, Task, TaskState, Upload, UploadBatch
 from imaging import pixels, samples, series
 from imaging.inspect import ALLOWED_PROPERTIES
 from imaging.patches import PatchSettings, plan_patches, read_patches
@@ -135,6 +138,8 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
         "index": list(range(len(draft.regions))),
         # An export job of the task's project, written: its page and its file.
         "job_id": [_export_job(task.project).pk],
+        # An upload batch of the task's project (its report) and an upload in it.
+        **dict(zip(("batch_id", "upload_id"), _upload(task.project), strict=True)),
     }
     if not params:
         return [reverse(pattern.name)]
@@ -178,6 +183,24 @@ def _export_job(project) -> ExportJob:
         export_task(job.pk)
         job.refresh_from_db()
     return job
+
+
+def _upload(project) -> tuple[list[int], list[int]]:
+    """A finished upload batch of `project` by the superuser, and an upload in it."""
+    upload = Upload.objects.filter(project=project).first()
+    if upload is not None:
+        return [upload.batch_id], [upload.pk]
+    user = get_user_model().objects.filter(is_superuser=True).first()
+    batch = UploadBatch.objects.create(project=project, user=user, finished_at=timezone.now())
+    upload = Upload.objects.create(
+        project=project,
+        user=user,
+        batch=batch,
+        filename="photo.jpg",
+        length=10,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    return [batch.pk], [upload.pk]
 
 
 def _body(response) -> bytes:
