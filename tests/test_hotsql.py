@@ -1,0 +1,90 @@
+"""The review queue's hot statements: prepared, pipelined, and committed with the writes,
+without losing a decision or half-writing one."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.urls import reverse
+
+from annotations import hotsql, services
+from annotations.models import AuditEvent, Claim, Label, Project
+from tests.factories import make_drafted_task
+
+HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
+
+
+def _names(project_name: str) -> set[str]:
+    return set(Project.objects.filter(name__startswith=project_name).values_list("name", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_early_commits_the_outermost_transaction_with_what_was_sent(people):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with hotsql.pipelined():
+            Project.objects.create(name="kept", modality=people.project.modality)
+            assert hotsql.commit_early()
+        raise RuntimeError("after the commit: what was sent with it stays")
+    assert _names("kept") == {"kept"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_early_leaves_a_savepoint_to_its_transaction(people):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with transaction.atomic():
+            with hotsql.pipelined():
+                Project.objects.create(name="gone", modality=people.project.modality)
+                assert not hotsql.commit_early()
+        raise RuntimeError("the outer transaction rolls back, the savepoint's row with it")
+    assert _names("gone") == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_fails_with_the_commit_commits_nothing(people):
+    audit = (
+        "INSERT INTO annotations_auditevent (at, action, reason) VALUES (now(), %s, '')",
+        ["test.half"],
+    )
+    no_reviewer = ("INSERT INTO annotations_claim (task_id) VALUES (%s)", [0])  # NOT NULL
+    parts = [audit, no_reviewer]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        services._execute_together(parts, commit=True)
+    assert not AuditEvent.objects.filter(action="test.half").exists()
+    with connection.cursor() as cursor:  # the connection is usable afterwards
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_in_the_queue_is_committed_and_its_statements_prepared(people, client_for):
+    first, second = make_drafted_task(people.project), make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    ahead = client.post(
+        reverse("review-ahead", args=[people.project.pk]), {"after": first.pk}, **HTMX
+    )
+    assert ahead.status_code == 204
+    assert Claim.objects.get(task=second).page  # kept with the claim, not in a cache
+    data = {"decision": "accepted", "draft_id": first.latest_draft().pk, "queue": "1"}
+    answer = client.post(reverse("task-decide", args=[first.pk]), data, **HTMX)
+    assert answer.status_code == 200 and f'data-task="{second.pk}"' in answer.content.decode()
+    assert Label.objects.get(task=first).decision == "accepted"
+    assert not Claim.objects.filter(task=first).exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = " ".join(row[0] for row in cursor.fetchall())
+    assert "FOR UPDATE" in prepared and "INSERT INTO annotations_label" in prepared
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_claim_ahead_is_claimed_again_after_the_decision_commits(people, client_for):
+    first, second = make_drafted_task(people.project), make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    client.post(reverse("review-ahead", args=[people.project.pk]), {"after": first.pk}, **HTMX)
+    Claim.objects.filter(task=second).delete()  # released meanwhile (another tab's skip)
+    data = {"decision": "accepted", "draft_id": first.latest_draft().pk, "queue": "1"}
+    answer = client.post(reverse("task-decide", args=[first.pk]), data, **HTMX)
+    assert answer.status_code == 200
+    assert Label.objects.filter(task=first).count() == 1
+    assert Claim.objects.get(task=second).reviewer == people.pathologist
