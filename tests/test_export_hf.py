@@ -237,3 +237,11 @@ def test_the_format_reads_back_from_its_query():
     options = exports.ExportOptions.from_query({"format": "hf", "with_images": "1"})
     assert options.format == "hf" and options.file_format == "zip" and not options.with_images
     assert exports.ExportOptions.from_query(options.to_query()) == options
+
+
+def test_row_groups_hold_a_bounded_number_of_rows(photo_project, tmp_path, monkeypatch):
+    project, _ = photo_project
+    monkeypatch.setattr(exports, "HF_GROUP_ROWS", 1)
+    export_hf(project, tmp_path / "ds")
+    (shard,) = (tmp_path / "ds" / "data").iterdir()
+    assert pq.ParquetFile(shard).metadata.num_row_groups == 2

@@ -214,3 +214,12 @@ def test_the_export_form_offers_the_dataset_and_the_images(people, client_for, l
     )
     shown = client_for(people.other_admin).get(reverse("export-job", args=[job.pk]))
     assert b"KTO, with images" in shown.content
+
+
+def test_jsonl_lines_split_rows_at_newlines_only(people):
+    texts = ["one\u2028two\u2029three\x85four\x1cfive", "second\r\nrow"]
+    for text in texts:
+        label(make_drafted_task(people.project), people.pathologist, "edited", text)
+    lines = list(exports.jsonl_lines(people.project))
+    assert [json.loads(line)["final_text"] for line in lines] == texts
+    assert all(line.endswith("\n") for line in lines)
