@@ -25,11 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from datasets import Features, List, Value
-from datasets import Image as HFImage
-from datasets.arrow_writer import ParquetWriter
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -52,6 +49,10 @@ from annotations.notice import AI_NOTICE
 from annotations.regions import feature_collection
 from imaging import ImageRejected, patches, pixels
 from imaging.inspect import ALLOWED_PROPERTIES
+
+if TYPE_CHECKING:
+    from datasets import Features
+    from datasets.arrow_writer import ParquetWriter
 
 log = logging.getLogger(__name__)
 
@@ -1151,6 +1152,10 @@ def _hf_columns(project: Project, options: ExportOptions) -> list[str]:
 def hf_features(columns: Iterable[str]) -> Features:
     """The dataset's features: the export's fields as text (a nested one as its JSON text),
     numbers and flags as such, and `images`: the pictures the row is about."""
+    # Imported here: `datasets` brings pyarrow (about 100 MB resident) into the process, which
+    # every other export and page of the web server can do without.
+    from datasets import Features, List, Value
+    from datasets import Image as HFImage
 
     def kind(name: str) -> Value:
         return Value("int64" if name in _HF_INTS else "bool" if name in _HF_BOOLS else "string")
@@ -1199,6 +1204,8 @@ class _Shards:
         self.rows += 1
 
     def _writer(self) -> ParquetWriter:
+        from datasets.arrow_writer import ParquetWriter  # as in hf_features: pyarrow's weight
+
         path = str(self.paths[-1])
         return ParquetWriter(features=self.features, path=path, writer_batch_size=HF_GROUP_ROWS)
 

@@ -182,6 +182,8 @@ def test_jsonl_special_characters_survive_byte_exact(people, tmp_path):
     assert lines[-1] == b"" and len(lines) == len(texts) + 1
     rows = [json.loads(line) for line in lines[:-1]]
     assert [r["final_text"] for r in rows] == texts
+    assert all(list(row) == list(exports.COLUMNS) for row in rows)  # the keys in order
+    assert isinstance(rows[0]["image_properties"], dict)  # nested: an object, not its text
     streamed = b"".join(exports.export_chunks(people.project))
     assert streamed == out.read_bytes()
     assert b"\x01" not in streamed and b"\x02" not in streamed
