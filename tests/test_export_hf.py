@@ -245,3 +245,16 @@ def test_row_groups_hold_a_bounded_number_of_rows(photo_project, tmp_path, monke
     export_hf(project, tmp_path / "ds")
     (shard,) = (tmp_path / "ds" / "data").iterdir()
     assert pq.ParquetFile(shard).metadata.num_row_groups == 2
+
+
+def test_the_cards_configs_load_the_splits_too(people, tmp_path):
+    project = people.other_project
+    for i in range(6):
+        photo = samples.write_derm_photo(tmp_path / f"p{i}.jpg", seed=i)
+        task = ingest(project, photo, metadata={"patient_id": f"P{i}"})
+        draft(task)
+        label(task, people.other_pathologist)
+    export_hf(project, tmp_path / "ds", split="50,25,25")
+    by_card = datasets.load_dataset(str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"))
+    by_parquet = load(tmp_path / "ds", tmp_path)
+    assert {k: len(v) for k, v in by_card.items()} == {k: len(v) for k, v in by_parquet.items()}
