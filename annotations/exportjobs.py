@@ -1,9 +1,10 @@
 """Exports written by a worker into a private file, for projects too large for a web request.
 
 A job is created by the web and sent by name to the CPU queue after commit; the worker
-claims it (queued → running, a conditional update), writes `exports.write_export` into a
-temporary file in the exports folder, fsyncs it and renames it to its final name, so that a
-half-written file is never offered. Old files are deleted by an hourly sweep.
+claims it (queued → running, a conditional update), writes `exports.write_export` (or, for
+a Hugging Face dataset or a training set with its images, `exports.write_export_file`: a
+zip) into a temporary file in the exports folder, fsyncs it and renames it to its final
+name, so that a half-written file is never offered. Old files are deleted by an hourly sweep.
 """
 
 from __future__ import annotations
@@ -150,15 +151,12 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     name = f"{job.project_id}-{job.pk}-{secrets.token_hex(8)}.{job.format}"
     part = folder / (name + PART)
     progress = _Progress(job.pk)
+    options = exports.ExportOptions.from_query({"format": job.format} | job.options)
     try:
-        with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
-            buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
-            out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
-            options = exports.ExportOptions.from_query({"format": job.format} | job.options)
-            rows = exports.write_export_options(job.project, out, options)
-            out.flush()
-            os.fsync(raw.fileno())
-            out.detach()  # the raw file closes once, below
+        if options.file_format == "zip":
+            rows = _write_zip(job, part, options, progress)
+        else:
+            rows = _write_text(job, part, options, progress)
         os.replace(part, folder / name)
         _fsync_dir(folder)
     except Exception as exc:
@@ -185,6 +183,29 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
         (folder / name).unlink(missing_ok=True)
     job.refresh_from_db()
     return job
+
+
+def _write_text(
+    job: ExportJob, part: Path, options: exports.ExportOptions, progress: _Progress
+) -> int:
+    with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
+        buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
+        out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+        rows = exports.write_export_options(job.project, out, options)
+        out.flush()
+        os.fsync(raw.fileno())
+        out.detach()  # the raw file closes once, below
+    return rows
+
+
+def _write_zip(
+    job: ExportJob, part: Path, options: exports.ExportOptions, progress: _Progress
+) -> int:
+    """A Hugging Face dataset, or a training set with its images: one zip."""
+    rows = exports.write_export_file(job.project, part, options, progress)
+    with part.open("rb") as written:
+        os.fsync(written.fileno())
+    return rows
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -711,8 +711,9 @@ class ExportState(models.TextChoices):
 
 
 # The file an export job writes (annotations.exports.file_format): a training format
-# (chat, dpo...) is a JSON Lines file, and its job keeps the format in its options.
-EXPORT_FORMATS = ("jsonl", "csv")
+# (chat, dpo...) is a JSON Lines file, and its job keeps the format in its options; a
+# Hugging Face dataset, or a training set with its images, is a zip.
+EXPORT_FORMATS = ("jsonl", "csv", "zip")
 
 
 class ExportJob(models.Model):

@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +27,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True)
         parser.add_argument("--format", default="jsonl", choices=list(exports.FORMATS))
-        parser.add_argument("--out", default="-", help="output file, or - for stdout")
+        parser.add_argument(
+            "--out",
+            default="-",
+            help="output file, or - for stdout; --format hf: a new folder; --with-images: a zip",
+        )
+        parser.add_argument(
+            "--with-images",
+            action="store_true",
+            help="chat, dpo, kto: a zip of the rows and the images they name",
+        )
         parser.add_argument(
             "--readings", action="store_true", help="every reading of a double-read task"
         )
@@ -58,6 +68,7 @@ class Command(BaseCommand):
             "readings": "all" if readings else "",
             "history": "1" if history else "",
             "reviewer_names": "1" if options["reviewer_names"] else "",
+            "with_images": "1" if options["with_images"] else "",
         }
         for name, key in _QUERY_NAMES.items():
             if options.get(name) is not None:
@@ -72,7 +83,11 @@ class Command(BaseCommand):
         target = Project.objects.filter(name=project).first()
         if target is None:
             raise CommandError(f"No project named {project!r}.")
-        if out == "-":
+        if options["with_images"] and not chosen.with_images:
+            raise CommandError("--with-images goes with --format chat, dpo or kto.")
+        if chosen.file_format == "zip":
+            count = self._write_files(target, out, chosen)
+        elif out == "-":
             count = exports.write_export_options(target, sys.stdout, chosen)
         else:
             path = Path(out)
@@ -81,6 +96,37 @@ class Command(BaseCommand):
                 count = exports.write_export_options(target, fh, chosen)
             tmp.replace(path)  # a reader never sees a half-written export
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
+
+    def _write_files(self, target, out: str, chosen) -> int:
+        """A Hugging Face dataset (a new folder) or a training set with its images (a zip),
+        written under a temporary name, then renamed."""
+        if out == "-":
+            raise CommandError("This export is files: give --out.")
+        path = Path(out)
+        if path.exists():
+            raise CommandError(f"{out} exists already: give a new name.")
+        tmp = path.with_name(f".{path.name}.part")
+        if chosen.format == exports.HF:
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                count = exports.write_hf(target, tmp, chosen, self._progress)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        else:
+            tmp.unlink(missing_ok=True)
+            try:
+                count = exports.write_export_file(target, tmp, chosen, self._progress)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        tmp.replace(path)
+        self.stderr.write("")
+        return count
+
+    def _progress(self, rows: int) -> None:
+        self.stderr.write(f"\r{rows} row(s) written", ending="")
+        self.stderr.flush()
 
     def _check(self, chosen, query) -> None:
         """A value the URL would ignore is an error here: someone typed it."""
