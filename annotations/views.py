@@ -225,7 +225,7 @@ def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
     options = exports.ExportOptions.from_query(request.GET)
     response = StreamingHttpResponse(
         exports.export_options_chunks(project, options),
-        content_type=exports.CONTENT_TYPES[options.format],
+        content_type=exports.CONTENT_TYPES[options.file_format],
     )
     filename = f"{slugify(project.name) or 'project'}-{options.file_name}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -147,6 +147,17 @@ def test_an_export_job_writes_the_training_zip(labelled, people, client_for):
     assert f"images/{shared.image.sha256}.jpg" in images and len(images) == len(rows) == 2
 
 
+def test_the_streamed_training_zip_says_it_is_a_zip(labelled, people, client_for):
+    project, _ = labelled
+    client = client_for(people.other_admin)
+    data = {"format": "chat", "with_images": "1"}
+    response = client.get(reverse("project-export", args=[project.pk]), data)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    assert response["Content-Disposition"].endswith('.zip"')
+    assert b"".join(response.streaming_content)[:2] == b"PK"
+
+
 @pytest.mark.parametrize("who", ["other_pathologist", "admin", "outsider", "researcher"])
 def test_only_the_projects_admins_export_images(labelled, people, client_for, who):
     project, _ = labelled

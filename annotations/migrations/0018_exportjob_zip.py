@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotations", "0015_export_jobs"),
+        ("annotations", "0017_uploads"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
