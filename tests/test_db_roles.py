@@ -19,12 +19,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from psycopg import errors
 
 import medannot.settings as medannot_settings
+from tests.test_deployment import environment
+from tests.test_scripts import STUB, STUBS, TOOLS, services
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIT = "annotations_auditevent"
@@ -236,3 +239,59 @@ def test_the_role_script_hands_an_old_database_to_the_owner(django_db_setup, dja
 def _url(db: dict, dbname: str) -> str:
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     return f"postgresql://{auth}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{dbname}"
+
+
+# ---------------------------------------------------------------------------- services.sh
+
+
+def test_services_creates_the_roles_on_the_local_postgresql(tmp_path):
+    bin_dir = _stub_bin(tmp_path)
+    calls = services(tmp_path, bin_dir, "pg", "redis", DATABASE_URL=_APP_URL + "/medannot_x")
+    psql = [c for c in calls if c.startswith("psql ")]
+    assert len(psql) == 1 and psql[0].startswith("psql postgresql://postgres@localhost:5432/")
+    assert "db=medannot_x" in psql[0] and "app=medannot_app" in psql[0]
+
+
+def test_services_leaves_the_roles_of_a_remote_postgresql_alone(tmp_path):
+    bin_dir = _stub_bin(tmp_path)
+    url = "postgresql://medannot_app:pw@db.hospital.example:5432/medannot"
+    assert not [c for c in services(tmp_path, bin_dir, "redis", DATABASE_URL=url) if "psql" in c]
+
+
+_APP_URL = "postgresql://medannot_app@localhost:5432"
+
+
+def _stub_bin(tmp_path: Path) -> Path:
+    """test_scripts' stubs, with a psql that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in [("pg_isready", STUBS["pg_isready"]), ("redis-cli", STUBS["redis-cli"])]:
+        (bin_dir / name).write_text(STUB + body + "\n")
+    (bin_dir / "psql").write_text(STUB)
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    for tool in TOOLS:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "etc-postgresql" / "16").mkdir(parents=True)
+    return bin_dir
+
+
+# ---------------------------------------------------------------------------- compose
+
+
+def test_compose_gives_the_owner_password_to_migrate_alone():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert "db_roles.sh" in " ".join(compose["db-roles"]["command"])
+    migrate = environment(compose["migrate"])
+    assert migrate["MIGRATE_DATABASE_URL"].startswith("postgresql://medannot_owner:")
+    assert compose["migrate"]["depends_on"]["db-roles"]["condition"] == (
+        "service_completed_successfully"
+    )
+    for name, service in compose.items():
+        if name in {"migrate", "db-roles", "postgres"}:
+            continue
+        env = environment(service)
+        assert not {"MIGRATE_DATABASE_URL", "POSTGRES_PASSWORD"} & set(env), name
+        assert "OWNER" not in str(env) and "POSTGRES" not in str(env), name
+        if "DATABASE_URL" in env:
+            assert env["DATABASE_URL"].startswith("postgresql://medannot_app:"), name
