@@ -11,6 +11,15 @@ export HF_HUB_OFFLINE ?= 1
 # DEBUG is off by default (production); the development targets turn it on unless it is set.
 run demo migrate check-services bench: export DEBUG ?= true
 
+# Two database roles (README, "Database roles"; scripts/services.sh creates them): the web and
+# the workers connect as the app role, migrations as the owner. A DATABASE_URL of your own
+# replaces both (and MIGRATE_DATABASE_URL then defaults to it). The tests keep the superuser,
+# which creates and drops their database.
+ifeq ($(origin DATABASE_URL),undefined)
+run demo migrate: export DATABASE_URL = postgresql://medannot_app@localhost:5432/medannot
+run demo migrate: export MIGRATE_DATABASE_URL ?= postgresql://medannot_owner@localhost:5432/medannot
+endif
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -7,6 +7,8 @@ production is the same code with other values. A bad value fails loudly at start
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -55,20 +57,20 @@ def envint(name: str, default: str) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str, variable: str = "DATABASE_URL") -> dict:
     """Django's DATABASES entry for a postgresql:// URL (psycopg 3)."""
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(
-            f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})"
+            f"{variable} must start with postgresql:// (got scheme {parts.scheme!r})"
         )
     name = unquote(parts.path.lstrip("/"))
     if not name:
-        raise ImproperlyConfigured("DATABASE_URL names no database (postgresql://host/NAME)")
+        raise ImproperlyConfigured(f"{variable} names no database (postgresql://host/NAME)")
     try:
         port = parts.port
     except ValueError:
-        raise ImproperlyConfigured("DATABASE_URL has an invalid port") from None
+        raise ImproperlyConfigured(f"{variable} has an invalid port") from None
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,
@@ -150,8 +152,40 @@ TEMPLATES = [
     }
 ]
 
+# Two database roles (README, "Database roles"): the web and the workers connect as the app role
+# (DATABASE_URL), which cannot rewrite the audit trail; `manage.py migrate` connects as the owner
+# role (MIGRATE_DATABASE_URL, by default DATABASE_URL), which owns the tables.
 DATABASE_URL = envstr("DATABASE_URL", "postgresql://postgres@localhost:5432/medannot")
-DATABASES = {"default": database_from_url(DATABASE_URL)}
+MIGRATE_DATABASE_URL = envstr("MIGRATE_DATABASE_URL", "") or DATABASE_URL
+MEDANNOT_DB_APP_ROLE = envstr("MEDANNOT_DB_APP_ROLE", "medannot_app") or ""
+MEDANNOT_DB_OWNER_ROLE = envstr("MEDANNOT_DB_OWNER_ROLE", "medannot_owner") or ""
+for _variable, _role in [
+    ("MEDANNOT_DB_APP_ROLE", MEDANNOT_DB_APP_ROLE),
+    ("MEDANNOT_DB_OWNER_ROLE", MEDANNOT_DB_OWNER_ROLE),
+]:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", _role):  # written into GRANT statements
+        raise ImproperlyConfigured(f"{_variable}={_role!r} is not a plain lower-case role name")
+
+
+def database_for_command(argv: list[str]) -> dict:
+    """The owner's connection for `manage.py migrate`, the app's for everything else.
+
+    Django reads the command from argv[1] as well; call_command("migrate") in a process
+    (the test runner creating its database) keeps that process's connection.
+    """
+    app = database_from_url(DATABASE_URL)
+    if argv[1:2] != ["migrate"]:
+        return app
+    owner = database_from_url(MIGRATE_DATABASE_URL, "MIGRATE_DATABASE_URL")
+    if [owner[k] for k in ("NAME", "HOST", "PORT")] != [app[k] for k in ("NAME", "HOST", "PORT")]:
+        raise ImproperlyConfigured(
+            "MIGRATE_DATABASE_URL and DATABASE_URL must name the same database, host and port "
+            "(only the role and its password differ)"
+        )
+    return owner
+
+
+DATABASES = {"default": database_for_command(sys.argv)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url(envstr("REDIS_URL", "redis://localhost:6379/0"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start the PostgreSQL and Redis that the app needs when they run on this machine but are
 # stopped: the installed ones (pg_ctlcluster, redis-server), or else compose.dev.yml.
-# Touches only services that DATABASE_URL / REDIS_URL put on localhost. Never fails:
+# Touches only services that DATABASE_URL / REDIS_URL put on localhost. Then creates the two
+# database roles and the database (scripts/db_roles.sh) on that local PostgreSQL. Never fails:
 # `python -m medannot.preflight`, run next, explains whatever is still missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,11 @@ url_host() {
   rest=${rest%%/*}
   rest=${rest##*@}
   echo "${rest%%:*}"
+}
+url_dbname() {
+  local rest=${1#*://}
+  rest=${rest#*/}
+  echo "${rest%%\?*}"
 }
 url_port() {
   local rest=${1#*://}
@@ -67,4 +73,22 @@ for ((i = 0; i < WAIT; i++)); do
   { ((!pg_local)) || pg_up; } && { ((!redis_local)) || redis_up; } && break
   sleep 1
 done
+
+# The owner and app roles and the database (idempotent), as the local superuser.
+if ((pg_local)) && pg_up; then
+  if have psql; then
+    MEDANNOT_DB_ADMIN_URL=${MEDANNOT_DB_ADMIN_URL:-postgresql://postgres@localhost:$pg_port/postgres} \
+      MEDANNOT_DB_NAME=${MEDANNOT_DB_NAME:-$(url_dbname "$database_url")} \
+      bash scripts/db_roles.sh ||
+      echo "could not create the database roles (scripts/db_roles.sh; README, 'Database roles')"
+  elif [[ " ${compose[*]} " == *" postgres "* ]]; then
+    # No client here: the script runs inside the compose.dev.yml container, on its psql.
+    docker compose -f compose.dev.yml exec -T \
+      -e MEDANNOT_DB_NAME="${MEDANNOT_DB_NAME:-$(url_dbname "$database_url")}" \
+      postgres bash -s <scripts/db_roles.sh ||
+      echo "could not create the database roles (scripts/db_roles.sh; README, 'Database roles')"
+  else
+    echo "psql is not installed: the database roles were not created (README, 'Database roles')"
+  fi
+fi
 exit 0
