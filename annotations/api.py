@@ -102,7 +102,11 @@ class Message(Schema):
     detail: str
 
 
-ERRORS = {401: Message, 403: Message, 404: Message, 429: Message}
+class Invalid(Schema):
+    detail: list[dict] = Field(description="What in the request was invalid, field by field")
+
+
+ERRORS = {401: Message, 403: Message, 404: Message, 422: Invalid, 429: Message}
 
 
 class ProjectIn(Schema):
@@ -251,7 +255,7 @@ def project_list(
     return [_project_out(p) for p in projects]
 
 
-@api.post("/projects/{project_id}/upload", response={200: list[IngestOut], 422: Message, **ERRORS})
+@api.post("/projects/{project_id}/upload", response={200: list[IngestOut], **ERRORS})
 def project_upload(
     request: HttpRequest,
     project_id: int = Path(..., ge=1, le=MAX_ID),
