@@ -259,7 +259,7 @@ def project_list(
 def project_upload(
     request: HttpRequest,
     project_id: int = Path(..., ge=1, le=MAX_ID),
-    files: list[UploadedFile] = File(...),
+    files: list[UploadedFile] = File(...),  # noqa: B008 - ninja's way to declare a part
 ):
     """Small files in one multipart request (field `files`), as the upload page sends
     them. For large slides, and to send a manifest, use the tus endpoint and a batch."""

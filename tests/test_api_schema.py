@@ -73,13 +73,14 @@ def test_the_schema_is_served_without_a_token_and_names_bearer_auth(db):
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_schemathesis_finds_no_server_error_or_schema_violation(people, rows, mode, settings):
     settings.MEDANNOT_API_RATE_PER_MINUTE = 10**6
-    headers = {"Authorization": f"Bearer {api_tokens.token_create(user=people.superuser, name='st').secret}"}
+    token = api_tokens.token_create(user=people.superuser, name="schemathesis").secret
+    headers = {"Authorization": f"Bearer {token}"}
     operations = [result.ok() for result in _schema().get_all_operations()]
     assert len(operations) >= 8
     with _in_this_transaction():
         for operation in operations:
             real = {k: v for k, v in rows.items() if f"{{{k}}}" in operation.path}
-            for path_parameters in ([real, None] if real else [None]):
+            for path_parameters in [real, None] if real else [None]:
                 _fuzz(operation, mode, path_parameters, headers)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import Http404
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -184,9 +184,9 @@ def _api_request(name: str, scene: Scene, user):
     task, project_id = scene.task, scene.task.project_id
     client = Client(enforce_csrf_checks=True)
     if user is not None:
-        client.defaults["HTTP_AUTHORIZATION"] = "Bearer " + api_tokens.token_create(
-            user=user, name="matrix"
-        ).secret
+        client.defaults["HTTP_AUTHORIZATION"] = (
+            "Bearer " + api_tokens.token_create(user=user, name="matrix").secret
+        )
     match name:
         case "project_create":
             data = {"name": f"Lung CT {user}", "modality": "pathology"}
