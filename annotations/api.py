@@ -48,8 +48,9 @@ from annotations.notice import AI_NOTICE
 
 MAX_ID = 2**63 - 1
 MAX_PAGE = 200
-# Text that PostgreSQL can store: no NUL character.
+# Text that PostgreSQL can store: no NUL character; a name has more than spaces.
 NO_NUL = r"^[^\x00]*$"
+A_NAME = r"^[^\x00]*[^\x00\s][^\x00]*$"
 
 
 class BearerToken(HttpBearer):
@@ -110,7 +111,7 @@ ERRORS = {401: Message, 403: Message, 404: Message, 422: Invalid, 429: Message}
 
 
 class ProjectIn(Schema):
-    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    name: str = Field(min_length=1, max_length=200, pattern=A_NAME)
     modality: Modality
     prompt: str = Field("", max_length=20000, pattern=NO_NUL)
 
@@ -234,7 +235,7 @@ def project_create(request: HttpRequest, data: ProjectIn):
     try:
         with transaction.atomic():
             project = services.project_create(
-                name=data.name.strip() or data.name,
+                name=data.name.strip(),
                 modality=data.modality,
                 prompt=data.prompt,
                 actor=request.user,

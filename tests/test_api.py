@@ -157,6 +157,18 @@ def test_only_a_superuser_creates_a_project(people):
     assert again.status_code == 409
 
 
+def test_a_project_name_is_refused_blank_and_escaped_on_the_pages(people, client_for):
+    client = api_client(people.superuser)
+    for name in ("", "   ", "a\x00b"):
+        data = {"name": name, "modality": "dermatology"}
+        assert client.post("/api/projects", data, "application/json").status_code == 422
+    data = {"name": PAYLOAD, "modality": "dermatology"}
+    project = client.post("/api/projects", data, "application/json").json()
+    assert project["name"] == PAYLOAD
+    body = client_for(people.superuser).get(reverse("project-detail", args=[project["id"]]))
+    assert b"<script>alert(1)" not in body.content and b"&lt;script&gt;" in body.content
+
+
 def test_another_projects_member_gets_404_as_on_the_pages(people, client_for):
     task = make_drafted_task(people.project)
     for user in (people.other_admin, people.other_pathologist, people.outsider):
