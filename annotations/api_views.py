@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -20,6 +22,18 @@ class TokenForm(forms.Form):
         label="Name",
         help_text="What the token is for, e.g. the script or the computer that uses it.",
     )
+    expires = forms.TypedChoiceField(
+        label="Expires",
+        choices=[("30", "in 30 days"), ("90", "in 90 days"), ("365", "in a year"), ("", "never")],
+        coerce=int,
+        empty_value=None,
+        required=False,
+        initial="90",
+    )
+
+    def expires_at(self):
+        days = self.cleaned_data.get("expires")
+        return timezone.now() + timedelta(days=days) if days else None
 
 
 @require_http_methods(["GET", "POST"])
@@ -32,7 +46,9 @@ def token_list(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            new = api_tokens.token_create(user=request.user, name=form.cleaned_data["name"])
+            new = api_tokens.token_create(
+                user=request.user, name=form.cleaned_data["name"], expires_at=form.expires_at()
+            )
             form = TokenForm()
             status = 201
         else:

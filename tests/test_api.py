@@ -54,6 +54,21 @@ def test_the_page_shows_a_new_token_once_and_keeps_only_its_hash(people, client_
     assert AuditEvent.objects.filter(action="api_token.create", actor=people.pathologist).exists()
 
 
+def test_a_token_made_to_expire_stops_working_then(people, client_for):
+    page = client_for(people.pathologist)
+    response = page.post(reverse("account-tokens"), {"name": "CI", "expires": "30"})
+    secret = response.context["new"].secret
+    token = ApiToken.objects.get(user=people.pathologist)
+    in_30_days = timezone.now() + timedelta(days=30)
+    assert abs((token.expires_at - in_30_days).total_seconds()) < 60
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert client.get("/api/projects").status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+    assert client.get("/api/projects").status_code == 401
+    page.post(reverse("account-tokens"), {"name": "forever", "expires": ""})
+    assert ApiToken.objects.get(name="forever").expires_at is None
+
+
 def test_the_page_escapes_a_token_name(people, client_for):
     client = client_for(people.pathologist)
     client.post(reverse("account-tokens"), {"name": PAYLOAD})
