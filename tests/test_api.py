@@ -154,6 +154,18 @@ def test_too_many_requests_get_429_with_retry_after(people, settings):
     assert api_client(people.pathologist).get("/api/projects").status_code == 200
 
 
+def test_with_redis_down_the_api_still_answers(people, settings):
+    client = api_client(people.pathologist)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    assert client.get("/api/projects").status_code == 200
+
+
 # Permissions: the pages' ------------------------------------------------------------------
 
 
@@ -257,6 +269,7 @@ def test_a_task_reads_back_with_its_draft_notice_reading_and_final_label(people)
     )
     response = api_client(people.researcher).get(f"/api/tasks/{task.pk}")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/json")
+    assert response["X-Content-Type-Options"] == "nosniff"
     body = response.json()
     assert body["notice"] == AI_NOTICE
     assert [(d["id"], d["text"], d["notice"]) for d in body["drafts"]] == [
