@@ -348,7 +348,8 @@ def _final(task: Task, readings) -> dict | None:
     latest = max(readings, key=lambda r: r.updated_at, default=None)
     if latest is None:
         return None
-    return {"decision": latest.decision, "text": latest.text, "by": "reading"}
+    # The task's outcome is the decision of record (readers who agree may differ in kind).
+    return {"decision": task.outcome or latest.decision, "text": latest.text, "by": "reading"}
 
 
 @api.get("/tasks/{task_id}", response={200: TaskOut, **ERRORS})
