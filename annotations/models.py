@@ -829,3 +829,25 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"Upload {self.pk} ({self.filename}, {self.offset}/{self.length})"
+
+
+class ApiToken(models.Model):
+    """A user's key to the REST API. Only a hash of the secret is kept: the token is shown
+    once, when made; `prefix` (not secret) finds the row without scanning every hash."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotations import tus, uploadbatches
 from annotations.access import Can, project_for_user
+from annotations.api_tokens import token_or_session
 from annotations.models import Upload, UploadBatch
 
 
@@ -87,6 +88,7 @@ def _header_int(request: HttpRequest, name: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+@token_or_session(check_csrf=False)  # tus_endpoint checks CSRF for a session
 @require_http_methods(["OPTIONS", "POST"])
 @login_required
 @tus_endpoint
@@ -109,6 +111,7 @@ def tus_create(request: HttpRequest, project_id: int) -> HttpResponse:
     return response
 
 
+@token_or_session(check_csrf=False)
 @require_http_methods(["OPTIONS", "HEAD", "PATCH", "DELETE"])
 @login_required
 @tus_endpoint
@@ -148,6 +151,7 @@ def _batch_for_user(request: HttpRequest, project_id: int, batch_id: int) -> Upl
     return batch
 
 
+@token_or_session
 @require_POST
 @login_required
 def upload_batch_create(request: HttpRequest, project_id: int) -> JsonResponse:
@@ -163,6 +167,7 @@ def upload_batch_create(request: HttpRequest, project_id: int) -> JsonResponse:
     )
 
 
+@token_or_session
 @require_POST
 @login_required
 def upload_batch_finish(request: HttpRequest, project_id: int, batch_id: int) -> HttpResponse:
@@ -174,6 +179,7 @@ def upload_batch_finish(request: HttpRequest, project_id: int, batch_id: int) ->
     return _batch_render(request, batch)
 
 
+@token_or_session
 @require_GET
 @login_required
 @never_cache

@@ -243,6 +243,8 @@ MEDANNOT_MAX_UPLOAD_BYTES = envint("MEDANNOT_MAX_UPLOAD_BYTES", str(40 * 1024**3
 # entries, or declares more uncompressed bytes, than this: zip bombs write nothing.
 MEDANNOT_MAX_ZIP_ENTRIES = envint("MEDANNOT_MAX_ZIP_ENTRIES", "10000")
 MEDANNOT_MAX_ZIP_BYTES = envint("MEDANNOT_MAX_ZIP_BYTES", str(MEDANNOT_MAX_UPLOAD_BYTES))
+# REST API (annotations.api): requests per token per minute, past which it answers 429.
+MEDANNOT_API_RATE_PER_MINUTE = envint("MEDANNOT_API_RATE_PER_MINUTE", "120")
 # Resumable (tus) uploads: a file not finished within this many hours may be swept.
 MEDANNOT_UPLOAD_EXPIRY_HOURS = envint("MEDANNOT_UPLOAD_EXPIRY_HOURS", "24")
 # The size of each piece the upload page sends: a dropped connection loses at most one.

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotations import tus_views, views
+from annotations import api_admin, api_views, tus_views, views  # noqa: F401 (api_admin)
+from annotations.api import api
 
 urlpatterns = [
     path("", views.project_list, name="project-list"),
@@ -72,6 +73,13 @@ urlpatterns = [
         views.slide_tile,
         name="slide-tile",
     ),
+    path("account/tokens/", api_views.token_list, name="account-tokens"),
+    path(
+        "account/tokens/<int:token_id>/revoke/",
+        api_views.token_revoke,
+        name="account-token-revoke",
+    ),
+    path("api/", api.urls),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

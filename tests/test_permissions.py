@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import Http404
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from annotations import exportjobs, exports, services, tiles, tus, uploadbatches
+from annotations import api_tokens, exportjobs, exports, services, tiles, tus, uploadbatches
 from annotations.access import (
     Can,
     capabilities,
@@ -90,11 +92,26 @@ MATRIX = {
     "slide-dzi":            (200,  200,  404,  200,  404,  200,  404,  302),
     # tiles need no login but a token that only those who may see the image can get
     "slide-tile":           (200,  200,  403,  200,  403,  200,  403,  403),
+    # API tokens (test_api): each user's own page; revoking one's own token redirects to it
+    "account-tokens":       (200,  200,  200,  200,  200,  200,  200,  302),
+    "account-token-revoke": (302,  302,  302,  302,  302,  302,  302,  302),
+    # the REST API (test_api), with the persona's token; none at all: 401. The same access
+    # helpers as the pages: the same 404s and 403s
+    "project_create":       (201,  403,  403,  403,  403,  403,  403,  401),
+    "project_list":         (200,  200,  200,  200,  200,  200,  200,  401),
+    "project_upload":       (200,  200,  404,  403,  404,  200,  404,  401),
+    "upload_batch":         (200,  200,  404,  403,  404,  200,  404,  401),
+    "task_list":            (200,  200,  404,  200,  404,  200,  404,  401),
+    "task_read":            (200,  200,  404,  200,  404,  200,  404,  401),
+    "export_start":         (202,  202,  404,  403,  404,  403,  404,  401),
+    "export_job":           (200,  200,  404,  403,  404,  403,  404,  401),
+    "export_download":      (200,  200,  404,  403,  404,  403,  404,  401),
 }
 # fmt: on
 
 # Not in the matrix: open to everyone, tested below. The Django admin has its own checks.
-PUBLIC = {"login", "logout", "healthz"}
+# The API's schema is public (test_api_schema); its root is a 404 (no docs page).
+PUBLIC = {"login", "logout", "healthz", "openapi-json", "api-root"}
 SKIPPED_NAMESPACES = {"admin"}
 
 JPEG_VIEWS = {"task-preview", "draft-region", "slide-tile"}
@@ -162,9 +179,50 @@ def scene(people, sample_files) -> Scene:
     return Scene(task=task, failed=make_task(people.project, state=TaskState.FAILED))
 
 
+def _api_request(name: str, scene: Scene, user):
+    """A request to the REST API with `user`'s token (anonymous: no token)."""
+    task, project_id = scene.task, scene.task.project_id
+    client = Client(enforce_csrf_checks=True)
+    if user is not None:
+        client.defaults["HTTP_AUTHORIZATION"] = (
+            "Bearer " + api_tokens.token_create(user=user, name="matrix").secret
+        )
+    match name:
+        case "project_create":
+            data = {"name": f"Lung CT {user}", "modality": "pathology"}
+            return client.post("/api/projects", data, content_type="application/json")
+        case "project_list":
+            return client.get("/api/projects")
+        case "project_upload":
+            note = SimpleUploadedFile("notes.txt", b"not an image")
+            return client.post(f"/api/projects/{project_id}/upload", {"files": [note]})
+        case "upload_batch":
+            batch = _researchers_upload(scene).batch
+            return client.get(f"/api/projects/{project_id}/uploads/{batch.pk}")
+        case "task_list":
+            return client.get(f"/api/tasks?project={project_id}")
+        case "task_read":
+            return client.get(f"/api/tasks/{task.pk}")
+        case "export_start":
+            return client.post(f"/api/projects/{project_id}/exports", {}, "application/json")
+        case "export_job" | "export_download":
+            job = _finished_export(scene)
+            suffix = "/download" if name == "export_download" else ""
+            return client.get(f"/api/exports/{job.pk}{suffix}")
+    return None
+
+
 def _request(client, name: str, scene: Scene, user=None):
     task, project_id = scene.task, scene.task.project_id
+    if (response := _api_request(name, scene, user)) is not None:
+        return response
     match name:
+        case "account-tokens":
+            return client.get(reverse(name))
+        case "account-token-revoke":
+            owner = user or scene.task.project.memberships.get(role=Role.PATHOLOGIST).user
+            token = api_tokens.token_create(user=owner, name="matrix").token
+            return client.post(reverse(name, args=[token.pk]))
         case "project-list":
             return client.get(reverse(name))
         case (
@@ -275,6 +333,8 @@ def test_the_permission_matrix(people, scene, client_for, name, persona):
 
 def test_the_public_urls_need_no_login(people, client_for):
     anonymous = client_for(None)
+    assert anonymous.get(reverse("api:openapi-json")).status_code == 200
+    assert anonymous.get(reverse("api:api-root")).status_code == 404
     assert anonymous.get(reverse("login")).status_code == 200
     assert anonymous.get(reverse("healthz")).status_code in (200, 503)
     response = client_for(people.pathologist).post(reverse("logout"))

@@ -24,12 +24,21 @@ import openslide
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from annotations import exportjobs, exports, services
-from annotations.models import Decision, ExportJob, Task, TaskState, Upload, UploadBatch
+from annotations import api_tokens, exportjobs, exports, services
+from annotations.models import (
+    ApiToken,
+    Decision,
+    ExportJob,
+    Task,
+    TaskState,
+    Upload,
+    UploadBatch,
+)
 from imaging import pixels, samples, series
 from imaging.inspect import ALLOWED_PROPERTIES
 from imaging.patches import PatchSettings, plan_patches, read_patches
@@ -96,15 +105,17 @@ def scene(people, tmp_path, django_capture_on_commit_callbacks) -> Scene:
     return Scene(tasks=tasks)
 
 
-def _patterns(resolver: URLResolver | None = None) -> list[URLPattern]:
+def _patterns(resolver: URLResolver | None = None, ns: str = "") -> list[tuple[str, URLPattern]]:
+    """(name, pattern) of every named URL; a name in a namespace as reverse() takes it."""
     resolver = resolver or get_resolver("medannot.urls")
     found = []
     for pattern in resolver.url_patterns:
         if isinstance(pattern, URLResolver):
             if pattern.namespace not in SKIPPED_NAMESPACES:
-                found += _patterns(pattern)
+                inner = f"{ns}{pattern.namespace}:" if pattern.namespace else ns
+                found += _patterns(pattern, inner)
         elif isinstance(pattern, URLPattern) and pattern.name:
-            found.append(pattern)
+            found.append((ns + pattern.name, pattern))
     return found
 
 
@@ -126,8 +137,8 @@ def _dzi_tiles(dzi: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
-def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
-    """Every URL of `pattern` that shows something of `task`."""
+def _urls(client, name: str, pattern: URLPattern, task: Task) -> list[str]:
+    """Every URL of `pattern` (named `name`) that shows something of `task`."""
     params = set(pattern.pattern.converters)
     draft = task.latest_draft()
     values = {
@@ -140,9 +151,11 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
         "job_id": [_export_job(task.project).pk],
         # An upload batch of the task's project (its report) and an upload in it.
         **dict(zip(("batch_id", "upload_id"), _upload(task.project), strict=True)),
+        # An API token (its revoke action is POST only).
+        "token_id": [ApiToken.objects.values_list("pk", flat=True).first()],
     }
     if not params:
-        return [reverse(pattern.name)]
+        return [reverse(name)]
     if {"level", "col", "row"} <= params:
         # Deep Zoom tiles: the page hands OpenSeadragon a .dzi URL with a token for them
         detail = client.get(reverse("task-detail", args=[task.pk]))
@@ -152,7 +165,7 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
         dzi = client.get(dzi_url).content
         suffix = "?" + "&".join(f"{k}={v}" for k, v in query.items())
         rest = params - {"level", "col", "row"}
-        assert rest <= set(values), f"no values for {rest - set(values)} in {pattern.name}"
+        assert rest <= set(values), f"no values for {rest - set(values)} in {name}"
         return [
             reverse(
                 pattern.name,
@@ -162,7 +175,7 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
             for lv, c, r in _dzi_tiles(dzi)
         ]
     unknown = params - set(values)
-    assert not unknown, f"{pattern.name}: no test values for {unknown}; add them to test_phi"
+    assert not unknown, f"{name}: no test values for {unknown}; add them to test_phi"
     if "index" in params:
         return [
             reverse(
@@ -170,7 +183,7 @@ def _urls(client, pattern: URLPattern, task: Task) -> list[str]:
             )
             for i in values["index"]
         ]
-    return [reverse(pattern.name, kwargs={k: values[k][0] for k in params})]
+    return [reverse(name, kwargs={k: values[k][0] for k in params})]
 
 
 def _export_job(project) -> ExportJob:
@@ -229,11 +242,16 @@ def _leaks(data: bytes, *, text: bool) -> list[bytes]:
 
 def test_no_image_url_shows_the_label_or_the_patient(people, scene, client_for):
     client = client_for(people.superuser)
+    # The REST API, with a token (a session does not open it); its root is a 404.
+    token = api_tokens.token_create(user=people.superuser, name="phi").secret
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
     checked: dict[str, int] = {}
-    for pattern in _patterns():
+    for name, pattern in _patterns():
+        if name == "api:api-root":
+            continue
         for task in scene.tasks:
-            for url in _urls(client, pattern, task):
-                response = client.get(url)
+            for url in _urls(client, name, pattern, task):
+                response = (api if name.startswith("api:") else client).get(url)
                 if response.status_code in (302, 405):
                     continue  # a POST-only action, or the login page
                 assert response.status_code == 200, (url, response.status_code)
@@ -245,10 +263,11 @@ def test_no_image_url_shows_the_label_or_the_patient(people, scene, client_for):
                 else:
                     text = html.unescape(data.decode("utf-8", "replace")).encode()
                     assert _leaks(text, text=True) == [], url
-                checked[pattern.name] = checked.get(pattern.name, 0) + 1
+                checked[name] = checked.get(name, 0) + 1
     # the picture views were all reached (and the slide tiles, once they exist)
     assert {"task-preview", "draft-region", "task-detail"} <= set(checked)
-    if "slide-tile" in {p.name for p in _patterns()}:
+    assert {"api:task_read", "api:task_list", "api:export_download"} <= set(checked)
+    if "slide-tile" in {name for name, _ in _patterns()}:
         assert checked.get("slide-tile", 0) > 10 and "slide-dzi" in checked
 
 

@@ -74,6 +74,6 @@ def revoke(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("annotations", "0017_uploads")]
+    dependencies = [("annotations", "0018_exportjob_zip")]
 
     operations = [migrations.RunPython(grant, revoke, elidable=False)]
