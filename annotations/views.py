@@ -838,7 +838,8 @@ def _claimed_context(
         "restored": restored,
         "label_diff": None,
         "may": may,
-        "signature_due": signatures.signature_due(request.session, project),
+        # Rendered ahead, it follows a decision that signed (or was refused, then no page).
+        "signature_due": not ahead and signatures.signature_due(request.session, project),
         "SIGNATURE_MEANING": signatures.MEANING,
         "next_task": None,
         "undo_task": undo,

@@ -264,3 +264,19 @@ def test_a_signed_reading_shows_its_signature_in_the_history(signing, people, cl
     html = html.decode()
     assert "Signed by &lt;script&gt;alert(1)&lt;/script&gt; Brun" in html
     assert signatures.MEANING in html and "<script>alert(1)" not in html
+
+
+def test_the_next_task_rendered_ahead_asks_for_no_password_after_signing(
+    signing, people, client_for
+):
+    first, second = make_drafted_task(signing), make_drafted_task(signing)
+    client = reviewing(client_for(people.pathologist), signing)
+    ahead = client.post(
+        reverse("review-ahead", args=[signing.pk]), {"after": str(first.pk)}, **HTMX
+    )
+    assert ahead.status_code == 204
+    response = decide(client, first, password=PASSWORD)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert f'data-task="{second.pk}"' in body
+    assert 'name="password"' not in body and 'id="signature-note"' in body
