@@ -1487,6 +1487,11 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         else:
             for name in _RESTORED_FIELDS:
                 setattr(label, name, restored[name])
+            # The earlier version's own signature, if it had one: not the undone one's.
+            signed_at = restored.get("signed_at")
+            label.signed_at = datetime.fromisoformat(signed_at) if signed_at else None
+            label.signed_by_name = restored.get("signed_by_name", "")
+            label.signature_meaning = restored.get("signature_meaning", "")
             label.draft_id = restored["draft"]
             label.revision += 1
             label.client_id = None

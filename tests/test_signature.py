@@ -280,3 +280,19 @@ def test_the_next_task_rendered_ahead_asks_for_no_password_after_signing(
     body = response.content.decode()
     assert f'data-task="{second.pk}"' in body
     assert 'name="password"' not in body and 'id="signature-note"' in body
+
+
+def test_undo_gives_back_the_earlier_versions_own_signature(signing, people, client_for):
+    task = make_drafted_task(signing)
+    client = client_for(people.pathologist)
+    decide(client, task, htmx=False, password=PASSWORD)
+    signed_at = Label.objects.get(task=task).signed_at
+    signatures.project_signature_settings_set(
+        project=signing, required=False, sitting_minutes=30, actor=people.admin
+    )
+    decide(client, task, "edited", htmx=False, text="Changed.", label_revision=1)
+    assert Label.objects.get(task=task).signed_at is None
+    services.label_undo(task_id=task.pk, reviewer=people.pathologist)
+    label = Label.objects.get(task=task)
+    assert label.decision == "accepted" and label.signed_by_name == "Paul Brun"
+    assert label.signed_at == signed_at
