@@ -19,12 +19,19 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from annotations import exports, messages, services
-from annotations.models import ExportJob, ExportState, Project, ProjectCounters
+from annotations.models import (
+    ExportedTask,
+    ExportJob,
+    ExportState,
+    Project,
+    ProjectCounters,
+    ReviewState,
+)
 from annotations.queues import DEFAULT_QUEUE, EXPORT_TASK
 
 log = logging.getLogger(__name__)
@@ -172,13 +179,16 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     finally:
         progress.close()
     now = timezone.now()
-    finished = ExportJob.objects.filter(pk=job_id, state=ExportState.RUNNING).update(
-        state=ExportState.DONE,
-        rows_done=rows,
-        file=name,
-        finished_at=now,
-        expires_at=now + timedelta(days=settings.MEDANNOT_EXPORT_DAYS),
-    )
+    with transaction.atomic():  # done and its tasks recorded, or neither
+        finished = ExportJob.objects.filter(pk=job_id, state=ExportState.RUNNING).update(
+            state=ExportState.DONE,
+            rows_done=rows,
+            file=name,
+            finished_at=now,
+            expires_at=now + timedelta(days=settings.MEDANNOT_EXPORT_DAYS),
+        )
+        if finished:
+            exported_tasks_record(job, options)
     if not finished:  # failed or expired by the sweep meanwhile: its file is nobody's
         (folder / name).unlink(missing_ok=True)
     job.refresh_from_db()
@@ -206,6 +216,39 @@ def _write_zip(
     with part.open("rb") as written:
         os.fsync(written.fileno())
     return rows
+
+
+# The rows a training format keeps of a single-reading export (`exports.training_rows`
+# drops the others), as conditions on the label `l` and its draft `d`.
+_TRAINING_KEPT = {
+    "chat": "l.decision IN ('accepted', 'edited')",
+    "dpo": "l.decision = 'edited' AND l.text <> d.text",
+    "geojson": "jsonb_array_length(l.regions) > 0",
+}
+
+
+def exported_tasks_record(job: ExportJob, options: exports.ExportOptions) -> int:
+    """Record the tasks `job`'s file included (a task's history lists its exports): one
+    INSERT ... SELECT with the export's own filter (`exports._query`, the code that wrote
+    the rows), run once the file is written, so the writing itself is not slowed. Exact
+    for the plain and the double-read exports and for single-reading training formats; a
+    double-read training export records its final tasks, some of which its format may
+    leave out. Returns how many tasks were recorded."""
+    project = job.project
+    query = exports._query(project, options)
+    where = query.where
+    if project.readings_per_task > 1:  # final tasks only, as final_rows
+        where += f" AND t.review_state = '{ReviewState.FINAL}'"
+    elif options.format in _TRAINING_KEPT:
+        where += " AND " + _TRAINING_KEPT[options.format]
+    included = exports._sql("DISTINCT l.task_id", where, order="l.task_id")
+    sql = (
+        f"INSERT INTO {ExportedTask._meta.db_table} (job_id, task_id) "
+        f"SELECT %(exported_job)s, task_id FROM ({included}) included ON CONFLICT DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, query.params | {"exported_job": job.pk})
+        return cursor.rowcount
 
 
 def _fsync_dir(folder: Path) -> None:

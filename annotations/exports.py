@@ -375,6 +375,10 @@ _ROW_FIELDS: tuple[tuple[str, str], ...] = (
     ("edit_words", "l.edit_words"),
     ("time_on_task_ms", "l.time_on_task_ms"),
     ("fast_accept", "l.fast_accept"),
+    # The reader's signature, where the project asks for one (21 CFR Part 11 §11.50).
+    ("signed_by_name", "l.signed_by_name"),
+    ("signed_at", "l.signed_at"),
+    ("signature_meaning", "l.signature_meaning"),
     ("reviewer", "u.{username}"),
     ("labelled_at", "l.created_at"),
     ("updated_at", "l.updated_at"),
@@ -544,7 +548,7 @@ def _copy_sql(format: str, query: _Query) -> str:
 
 
 _CSV_BOOLEANS = frozenset({"fast_accept", "draft_truncated"})
-_CSV_TIMES = frozenset({"labelled_at", "updated_at", "draft_created_at"})
+_CSV_TIMES = frozenset({"labelled_at", "updated_at", "draft_created_at", "signed_at"})
 _CSV_NESTED = frozenset(
     {"image_properties", "regions", "draft_regions", "task_metadata", "generation"}
 )
@@ -716,6 +720,10 @@ def _final_row(
             "prompt": draft.prompt,
             "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
             "regions": feature_collection([]),
+            # The first reader's signature is not the adjudicator's.
+            "signed_by_name": "",
+            "signed_at": None,
+            "signature_meaning": "",
         }
         if "instruction" in row:  # a training format's fields
             row["instruction"] = draft.instruction or draft.prompt

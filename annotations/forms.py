@@ -13,6 +13,7 @@ from annotations.models import (
 )
 from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
 from annotations.regions import InvalidRegions, parse_regions
+from annotations.signatures import MAX_SITTING_MINUTES, MEANING, MIN_SITTING_MINUTES
 from imaging.patches import PATCH_SETTING_RANGES, PatchSettings
 
 
@@ -63,6 +64,14 @@ class DecisionForm(forms.Form):
     edit_category = forms.ChoiceField(required=False, label="What the edit corrects")
     # When the form was first rendered, signed (annotations.reviewtime): time on task.
     rendered_at = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+    # Asked only when a signature is due (annotations.signatures); never kept or echoed.
+    password = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=4096,
+        label="Your password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
 
     def __init__(
         self,
@@ -178,6 +187,24 @@ class ProjectSettingsForm(forms.Form):
             "From 0 to 0.5: the share of each reader's queue served as check drafts (drafts "
             "with a deliberate error, written on the check drafts page). 0: none."
         ),
+    )
+
+    # Without the sitting length (an older page), the project's signature settings stay.
+    signature_required = forms.BooleanField(
+        label="Require a signature on each decision",
+        required=False,
+        help_text=(
+            f"Each reading records the reader's full name, the time, and that they "
+            f"“{MEANING}” (21 CFR Part 11 §11.50). Readers type their password to sign, "
+            "once per sitting."
+        ),
+    )
+    signature_sitting_minutes = forms.IntegerField(
+        label="Sitting length (minutes)",
+        required=False,
+        min_value=MIN_SITTING_MINUTES,
+        max_value=MAX_SITTING_MINUTES,
+        help_text="After this long, the next decision asks for the password again.",
     )
 
     PATCH_FIELDS = ("target_mpp", "patch_size", "max_patches")

@@ -109,6 +109,10 @@ class Project(models.Model):
     # how many words two readers' edited texts may differ by and still agree.
     readings_per_task = models.PositiveSmallIntegerField(default=1)
     disagreement_words = models.PositiveIntegerField(default=5)
+    # Signed validation (21 CFR Part 11 §11.50): each decision carries its reader's
+    # signature; the password is asked again once per sitting of this many minutes.
+    signature_required = models.BooleanField(default=False)
+    signature_sitting_minutes = models.PositiveIntegerField(default=30)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
@@ -535,6 +539,11 @@ class Label(models.Model):
     time_on_task_ms = models.PositiveBigIntegerField(null=True, blank=True)
     # An accept faster than the project's fast_accept_seconds.
     fast_accept = models.BooleanField(default=False)
+    # The signature of the current decision, where the project asks for one (§11.50): the
+    # signer's printed name, when, and what signing meant. Blank: not signed.
+    signed_by_name = models.CharField(max_length=300, blank=True)
+    signed_at = models.DateTimeField(null=True, blank=True)
+    signature_meaning = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -851,3 +860,20 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class ExportedTask(models.Model):
+    """A task an export job's file included: written once, when the job finishes, by one
+    INSERT ... SELECT with the export's own filter (`exportjobs.export_job_run`)."""
+
+    job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="exports")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "task"], name="exportedtask_once"),
+        ]
+        indexes = [models.Index(fields=["task", "job"], name="exportedtask_task")]
+
+    def __str__(self) -> str:
+        return f"Task {self.task_id} in export {self.job_id}"

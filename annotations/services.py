@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -82,6 +82,15 @@ class InvalidTransition(Exception):
 class ReviewConflict(Exception):
     """A decision made on stale state: the draft the reviewer judged was replaced, or their
     label changed since the form was shown (another tab, the Back button)."""
+
+
+class Signature(NamedTuple):
+    """A reader's signature of a decision (21 CFR Part 11 §11.50): their printed name,
+    when they signed, and what signing meant."""
+
+    name: str
+    at: datetime
+    meaning: str
 
 
 NEWER_DRAFT = (
@@ -916,6 +925,7 @@ def label_record(
     client_id: uuid.UUID | None = None,
     category: str = "",
     time_on_task_ms: int | None = None,
+    signature: Signature | None = None,
 ) -> Label:
     """Record (or revise) `reviewer`'s decision on the draft they saw.
 
@@ -929,6 +939,8 @@ def label_record(
     (a reject given none is filed under "other"; an accept keeps none). `time_on_task_ms`:
     from the form's render to the decision, None if unknown; an accept faster than the
     project's fast_accept_seconds is flagged. The edit distance from the draft is stored.
+    `signature`: the reader's signature of this decision (None: unsigned; a revision
+    unsigned clears an earlier one, which signed other content).
     The reviewer's autosaved edit of the task is dropped.
     Raises ReviewConflict if a newer draft replaced the one the reviewer judged, or if the
     label is no longer at `label_revision`.
@@ -946,6 +958,7 @@ def label_record(
             client_id=client_id,
             category=category,
             time_on_task_ms=time_on_task_ms,
+            signature=signature,
         )
     return label
 
@@ -1002,6 +1015,7 @@ def _label_write(
     client_id: uuid.UUID | None = None,
     category: str = "",
     time_on_task_ms: int | None = None,
+    signature: Signature | None = None,
     locked: Task | None = None,
     renew: int | None = None,
     commit: bool = False,
@@ -1065,6 +1079,8 @@ def _label_write(
     label.fast_accept = (
         decision == Decision.ACCEPTED and time_on_task_ms is not None and time_on_task_ms < fast
     )
+    # Written with the label's other fields, in its one statement.
+    label.signed_by_name, label.signed_at, label.signature_meaning = signature or ("", None, "")
     events = [
         _audit_event("label.record", reviewer, task, before, _label_state(label), reason=reason)
     ]
@@ -1471,6 +1487,11 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         else:
             for name in _RESTORED_FIELDS:
                 setattr(label, name, restored[name])
+            # The earlier version's own signature, if it had one: not the undone one's.
+            signed_at = restored.get("signed_at")
+            label.signed_at = datetime.fromisoformat(signed_at) if signed_at else None
+            label.signed_by_name = restored.get("signed_by_name", "")
+            label.signature_meaning = restored.get("signature_meaning", "")
             label.draft_id = restored["draft"]
             label.revision += 1
             label.client_id = None
@@ -1527,6 +1548,17 @@ def _label_state(label: Label | None) -> dict | None:
         "edit_words": label.edit_words,
         "time_on_task_ms": label.time_on_task_ms,
         "fast_accept": label.fast_accept,
+    } | _signature_state(label)
+
+
+def _signature_state(label: Label) -> dict:
+    """A signed decision's signature, for its audit row (nothing for an unsigned one)."""
+    if label.signed_at is None:
+        return {}
+    return {
+        "signed_by_name": label.signed_by_name,
+        "signed_at": label.signed_at.isoformat(),
+        "signature_meaning": label.signature_meaning,
     }
 
 

@@ -35,11 +35,13 @@ from annotations import (
     exportjobs,
     exports,
     health,
+    history,
     previews,
     reviewtime,
     selectors,
     sentinels,
     services,
+    signatures,
     textdiff,
     tiles,
     uploads,
@@ -318,6 +320,8 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
         "readings_per_task": project.readings_per_task,
         "disagreement_words": project.disagreement_words,
         "sentinel_share": project.sentinel_share,
+        "signature_required": project.signature_required,
+        "signature_sitting_minutes": project.signature_sitting_minutes,
     }
     form = ProjectSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -351,6 +355,13 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
         if data.get("sentinel_share") is not None:
             sentinels.project_sentinel_share_set(
                 project=project, share=data["sentinel_share"], actor=request.user
+            )
+        if data.get("signature_sitting_minutes") is not None:
+            signatures.project_signature_settings_set(
+                project=project,
+                required=data["signature_required"],
+                sitting_minutes=data["signature_sitting_minutes"],
+                actor=request.user,
             )
         return redirect("project-settings", project_id=project.pk)
     versions = selectors.prompt_versions(project)
@@ -392,6 +403,18 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, "annotations/task_detail.html", _review_context(request, task))
 
 
+@require_GET
+@login_required
+def task_history(request: HttpRequest, task_id: int) -> HttpResponse:
+    """Everything that happened to a task, oldest first: for project admins and its readers."""
+    task = history.task_history_for_user(request.user, task_id)
+    context = {"task": task, "project": task.project, "timeline": history.task_timeline(task)}
+    template = "annotations/task_history.html"
+    if request.htmx:
+        template += "#timeline"
+    return render(request, template, context)
+
+
 @require_POST
 @never_cache
 @login_required
@@ -415,6 +438,9 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         decision = _decision_of(request, task, data)
+        decision["signature"], asked = _signature_of(request, task, data)
+        if asked:
+            return _signature_asked(request, task, data, asked)
         try:
             if queue:
                 return _decide_and_next(request, task, decision)
@@ -435,6 +461,31 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     if request.htmx:
         template += "#decision"
     return render(request, template, context, status=status)
+
+
+def _signature_of(request: HttpRequest, task, data: dict) -> tuple:
+    """The decision's signature (None where the project asks for none), and what to ask
+    the reader instead ("" when nothing): their password, where this decision starts a
+    sitting. A wrong password is refused (audited) and starts nothing."""
+    project = task.project
+    if signatures.signature_due(request.session, project):
+        if not data["password"]:
+            return None, signatures.ASKED
+        if not signatures.password_confirm(user=request.user, password=data["password"], task=task):
+            return None, signatures.REFUSED
+        signatures.sitting_start(request.session, project)
+    return signatures.signature_for(request.user, project), ""
+
+
+def _signature_asked(request: HttpRequest, task, data: dict, asked: str) -> HttpResponse:
+    """428: the decision waits for the reader's password; what they typed is kept, and the
+    decision they chose is the form's default button (Enter in the password signs it)."""
+    context = _review_context(request, task, kept=data)
+    context |= {"signature_message": asked, "signature_decision": data["decision"]}
+    template = "annotations/task_detail.html"
+    if request.htmx:
+        template += "#decision"
+    return render(request, template, context, status=428)
 
 
 def _review_context(
@@ -504,6 +555,8 @@ def _review_context(
             else None
         ),
         "may": may,
+        "signature_due": signatures.signature_due(request.session, task.project),
+        "SIGNATURE_MEANING": signatures.MEANING,
         "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),
         **_queue_context(request, task, may),
     }
@@ -604,7 +657,7 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
     """Decide and next, the hot path: the task locked with all a decision needs in one
     statement, the writes, and the next task (rendered ahead, or claimed now) in one
     transaction. None when the general path must answer: check drafts in play, a form
-    to send back (422), a conflict (409)."""
+    to send back (422), a conflict (409), a signature's password to check (428)."""
     if any(key.startswith("review-sentinel-") for key in request.session.keys()):
         return None
     user = request.user
@@ -625,11 +678,14 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
             )
             if not form.is_valid():
                 raise _GeneralPath
+            if signatures.signature_due(request.session, project):
+                raise _GeneralPath  # the password is checked there
             ahead = task.ahead if request.htmx else None
             _, claimed = services.decide_locked(
                 task=task,
                 skipped=request.session.get(_skipped_key(project), []),
                 prefetched=ahead and ahead.task_id,
+                signature=signatures.signature_for(user, project),
                 **_decision_of(request, task, form.cleaned_data),
             )
     except (_GeneralPath, services.ReviewConflict, services.InvalidTransition):
@@ -782,6 +838,9 @@ def _claimed_context(
         "restored": restored,
         "label_diff": None,
         "may": may,
+        # Rendered ahead, it follows a decision that signed (or was refused, then no page).
+        "signature_due": not ahead and signatures.signature_due(request.session, project),
+        "SIGNATURE_MEANING": signatures.MEANING,
         "next_task": None,
         "undo_task": undo,
         "undo_token": _undo_token(request, project.pk, undo) if undo else "",

@@ -57,6 +57,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/skip/", views.task_skip, name="task-skip"),
     path("tasks/<int:task_id>/claim/renew/", views.claim_renew, name="claim-renew"),
     path("tasks/<int:task_id>/", views.task_detail, name="task-detail"),
+    path("tasks/<int:task_id>/history/", views.task_history, name="task-history"),
     path("tasks/<int:task_id>/decide/", views.task_decide, name="task-decide"),
     path("tasks/<int:task_id>/adjudicate/", views.task_adjudicate, name="task-adjudicate"),
     path("tasks/<int:task_id>/autosave/", views.task_autosave, name="task-autosave"),

@@ -71,6 +71,8 @@ MATRIX = {
     "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
     "project-sentinels":    (200,  200,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
+    # project admins and the task's readers (test_history); nobody has read it here
+    "task-history":         (200,  200,  404,  404,  404,  404,  404,  302),
     "review-start":         (302,  302,  404,  302,  404,  403,  404,  302),
     "review-done":          (200,  200,  404,  200,  404,  403,  404,  302),
     # the next task claimed and rendered ahead (or nothing to do): 204 either way
@@ -266,7 +268,7 @@ def _request(client, name: str, scene: Scene, user=None):
             if user is not None and Can.REVIEW in capabilities(user, task.project):
                 assert services.claim_next(project=task.project, reviewer=user) == task
             return client.post(reverse(name, args=[task.pk]))
-        case "task-detail" | "task-preview":
+        case "task-detail" | "task-preview" | "task-history":
             return client.get(reverse(name, args=[task.pk]))
         case "task-decide":
             data = {"decision": "accepted", "draft_id": scene.draft.pk}

@@ -1,0 +1,62 @@
+"""The signature prompt in a real browser: a decision that starts a sitting swaps in the
+password field with the focus in it, Enter signs the decision chosen, and the page meets
+WCAG 2.1 AA."""
+
+import pytest
+from django.urls import reverse
+
+from annotations import signatures
+from annotations.models import AuditEvent, Label, Modality
+from tests.test_browser import CHROMIUM, _log_in, drafted, pathologist_project, run_axe
+from tests.test_browser import browser as browser  # the module's Chromium, a fixture
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
+
+
+def test_the_password_prompt_takes_the_focus_and_enter_signs(
+    browser, live_server, sample_files, django_user_model
+):
+    user, project = pathologist_project(django_user_model, "Signed", Modality.DERMATOLOGY)
+    user.first_name, user.last_name = "Paul", "Brun"
+    user.save()
+    signatures.project_signature_settings_set(
+        project=project, required=True, sitting_minutes=30, actor=None
+    )
+    first = drafted(project, sample_files["photo"], "Compound naevus.")
+    drafted(project, sample_files["photo2"], "Seborrhoeic keratosis.")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    _log_in(page, live_server.url, "paul", "secret-pw-1")
+    page.goto(live_server.url + reverse("task-detail", args=[first.pk]))
+    assert signatures.MEANING in page.locator("#signature-meaning").inner_text()
+
+    # Accept without the password: the prompt comes back, focused, with Accept its default.
+    page.click("#accept")
+    page.wait_for_selector("#sign")
+    assert page.evaluate("document.activeElement.id") == "id_password"
+    assert "Sign and save: accept" in page.locator("#sign").inner_text()
+    assert not Label.objects.filter(task=first).exists()
+    assert run_axe(page) == []
+
+    # A wrong password: refused, said, and the focus stays in the field.
+    page.keyboard.type("not-it")
+    page.keyboard.press("Enter")
+    page.locator("#signature-error", has_text="not right").wait_for()
+    assert page.evaluate("document.activeElement.id") == "id_password"
+    assert AuditEvent.objects.filter(action="signature.refused").count() == 1
+    assert run_axe(page) == []
+
+    page.keyboard.type("secret-pw-1")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#signature-note")  # the next task: the sitting runs
+    label = Label.objects.get(task=first)
+    assert (label.decision, label.signed_by_name) == ("accepted", "Paul Brun")
+    assert page.locator("#id_password").count() == 0
+    # The browser logs each 428 it was answered; nothing else went wrong.
+    assert [p for p in problems if "status of 428" not in p] == []
