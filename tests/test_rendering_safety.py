@@ -6,6 +6,7 @@ reasons, file names, manifest values (Task.metadata), sentinel notes, upload rep
 errors. Each page is parsed: no element, attribute or script may come from a payload.
 """
 
+import json
 from html.parser import HTMLParser
 
 import pytest
@@ -14,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
-from annotations import exportjobs, exports, services
+from annotations import exportjobs, exports, notice, services
 from annotations.models import (
     ExportState,
     Modality,
@@ -300,3 +301,58 @@ def test_an_html_file_dressed_as_a_photo_is_refused(people, client_for):
     response = client_for(people.researcher).post(url, {"files": [upload]})
     assert response.status_code == 422
     assert not Task.objects.filter(project=people.project).exists()
+
+
+# ---------------------------------------------------------------------------- the notice
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "url"),
+    [
+        ("google/medgemma-1.5-4b-it", "google/medgemma-1.5-4b-it", notice.HAI_DEF_TERMS_URL),
+        ("/srv/models/medgemma-4b-it/", "medgemma-4b-it", notice.HAI_DEF_TERMS_URL),
+        ("/srv/secret/var/demo-model", "demo-model", ""),
+    ],
+)
+def test_the_model_is_named_with_its_terms(model, name, url):
+    terms = notice.model_terms(model)
+    assert (terms.name, terms.terms_url) == (name, url)
+
+
+def test_the_project_page_names_the_model_and_its_terms(people, client_for, settings):
+    settings.MEDANNOT_MODEL = "google/medgemma-1.5-4b-it"
+    url = reverse("project-detail", args=[people.project.pk])
+    for user in [people.admin, people.pathologist, people.researcher]:
+        html = assert_safe(client_for(user).get(url))
+        line = html[html.index('id="model-terms"') :].split("</p>", 1)[0]
+        assert "google/medgemma-1.5-4b-it" in line
+        assert f'href="{notice.HAI_DEF_TERMS_URL}"' in line
+        assert "Health AI Developer Foundations terms of use" in line
+        assert notice.AI_NOTICE in line
+
+
+def test_the_project_page_does_not_show_the_servers_model_path(people, client_for, settings):
+    settings.MEDANNOT_MODEL = "/srv/secret/var/demo-model"
+    html = client_for(people.admin).get(reverse("project-detail", args=[people.project.pk]))
+    assert "/srv/secret" not in html.content.decode()
+    assert "demo-model" in html.content.decode()
+
+
+def test_the_notice_says_research_use_not_a_device_validated_by_a_clinician():
+    text = notice.AI_NOTICE.lower()
+    assert "ai-generated" in text and "research use" in text
+    assert "not a medical device" in text and "validated by a clinician" in text
+
+
+def test_every_shown_draft_carries_the_notice(hostile, client_for):
+    html = client_for(hostile.pathologist).get(reverse("task-detail", args=[hostile.drafted.pk]))
+    html = html.content.decode()
+    badge = html[html.index('class="ai-badge"') :].split("</p>", 1)[0]
+    assert notice.AI_NOTICE in badge
+
+
+def test_every_exported_row_carries_the_notice(hostile, client_for):
+    url = reverse("project-export", args=[hostile.project.pk])
+    response = client_for(hostile.admin).get(url, {"format": "jsonl"})
+    rows = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
+    assert rows and all(row["draft_notice"] == notice.AI_NOTICE for row in rows)
