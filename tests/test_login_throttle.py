@@ -14,6 +14,7 @@ from django.db.models import F
 from django.urls import reverse
 
 from tests.conftest import CsrfClient
+from tests.test_browser import CHROMIUM, browser, run_axe  # noqa: F401 (a fixture)
 
 PASSWORD = "correct horse battery staple"
 
@@ -25,9 +26,7 @@ def paul(db):
 
 def _post_login(username, password, *, address="10.0.0.1", **extra):
     client = CsrfClient(REMOTE_ADDR=address)
-    response = client.post(
-        reverse("login"), {"username": username, "password": password}, **extra
-    )
+    response = client.post(reverse("login"), {"username": username, "password": password}, **extra)
     return client, response
 
 
@@ -103,9 +102,7 @@ def test_behind_a_configured_proxy_the_address_comes_from_its_header(paul, setti
     locked_client, locked = _post_login("paul", PASSWORD, HTTP_X_FORWARDED_FOR="192.0.2.7")
     assert locked.status_code == 429
     # Another client behind the same proxy, even one forging the locked address first.
-    client, response = _post_login(
-        "paul", PASSWORD, HTTP_X_FORWARDED_FOR="192.0.2.7, 192.0.2.8"
-    )
+    client, response = _post_login("paul", PASSWORD, HTTP_X_FORWARDED_FOR="192.0.2.7, 192.0.2.8")
     assert response.status_code == 302 and _logged_in(client)
 
 
@@ -169,3 +166,25 @@ def test_createsuperuser_asks_again_for_a_weak_password(db, monkeypatch):
     assert "too common" in err.getvalue()
     user = get_user_model().objects.get(username="root")
     assert user.check_password("tumour margins 4 ever")
+
+
+# ---------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_lockout_page_meets_wcag_21_aa_under_the_csp(browser, live_server, settings):  # noqa: F811
+    get_user_model().objects.create_user("paul", password=PASSWORD)
+    page = browser.new_page()
+    csp = []
+    page.on("console", lambda m: csp.append(m.text) if "Content Security" in m.text else None)
+    for password in ["wrong"] * settings.AXES_FAILURE_LIMIT + [PASSWORD]:
+        page.goto(live_server.url + reverse("login"))
+        page.fill("#id_username", "paul")
+        page.fill("#id_password", password)
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+    assert page.locator("h1").inner_text() == "Log in paused"
+    assert "/login/" in page.url
+    assert not run_axe(page) and not csp
+    page.close()
