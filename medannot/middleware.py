@@ -25,6 +25,9 @@ POLICY = "; ".join(
 LAST_SEEN_KEY = "_medannot_last_seen"
 # The expiry is pushed back at most this often: one session write a minute, not one a request.
 REFRESH_SECONDS = 60
+# Views an open page calls by itself (timers), and views an htmx timer polls: not activity.
+BACKGROUND_VIEWS = frozenset({"claim-renew", "project-status", "healthz"})
+POLLED_VIEWS = frozenset({"export-job"})
 
 
 class ContentSecurityPolicyMiddleware:
@@ -45,19 +48,33 @@ class SessionIdleMiddleware:
 
     The session store drops a session whose expiry has passed, so all this does is push the
     expiry back, by saving the session, at most once a minute: the review pages, which
-    post a decision every few seconds, do not pay a session write each time.
+    post a decision every few seconds, do not pay a session write each time. What an open
+    page asks for by itself (the claim heartbeat, status polling) is not use: a review page
+    left open on an unattended workstation must still log out.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> None:
         session = getattr(request, "session", None)
-        if session is not None and session.session_key and request.user.is_authenticated:
+        if session is None or not session.session_key or _is_background(request):
+            return None
+        if request.user.is_authenticated:
             now = int(timezone.now().timestamp())
             if now - session.get(LAST_SEEN_KEY, 0) >= REFRESH_SECONDS:
                 session[LAST_SEEN_KEY] = now  # modified: saved with a fresh expiry
-        return self.get_response(request)
+        return None
+
+
+def _is_background(request: HttpRequest) -> bool:
+    name = request.resolver_match.url_name if request.resolver_match else None
+    if name in BACKGROUND_VIEWS:
+        return True
+    return name in POLLED_VIEWS and request.headers.get("HX-Request") == "true"
 
 
 def client_ip(request: HttpRequest) -> str | None:

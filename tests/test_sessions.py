@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from medannot.middleware import REFRESH_SECONDS
+from tests.factories import make_drafted_task
 
 
 class Clock:
@@ -68,3 +69,27 @@ def test_the_expiry_is_pushed_back_at_most_once_a_minute(people, client_for, clo
 def test_a_visitor_who_is_not_logged_in_gets_no_session(db, client):
     client.get(reverse("login"))
     assert not Session.objects.exists()
+
+
+def test_an_open_page_polling_by_itself_does_not_keep_the_session_alive(
+    people, client_for, clock, settings
+):
+    """A review page left open on an unattended workstation still logs out."""
+    task = make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    assert client.post(reverse("review-start", args=[people.project.pk])).status_code == 302
+    for _ in range(settings.MEDANNOT_SESSION_IDLE_MINUTES + 1):
+        clock.advance(minutes=1)
+        client.post(reverse("claim-renew", args=[task.pk]), HTTP_HX_REQUEST="true")
+        client.get(reverse("project-status", args=[people.project.pk]), HTTP_HX_REQUEST="true")
+    response = client.get(reverse("task-detail", args=[task.pk]))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+def test_the_heartbeat_works_while_the_reviewer_is_active(people, client_for, clock):
+    task = make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    clock.advance(minutes=1)
+    response = client.post(reverse("claim-renew", args=[task.pk]), HTTP_HX_REQUEST="true")
+    assert response.status_code in {200, 204}
