@@ -184,3 +184,17 @@ def test_our_scripts_build_no_inline_code(path):
     assert inline_code(text) == []
     assert not re.search(r"""setAttribute\(\s*["']on""", text)
     assert not re.search(r"\beval\(|new Function\(|setTimeout\(\s*[\"']", text)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDANNOT_LOGIN_FAILURE_LIMIT": "0"}, "MEDANNOT_LOGIN_FAILURE_LIMIT must be at least 1"),
+        ({"MEDANNOT_LOGIN_COOLOFF_MINUTES": "0"}, "MEDANNOT_LOGIN_COOLOFF_MINUTES must be at"),
+        ({"MEDANNOT_SESSION_IDLE_MINUTES": "1"}, "MEDANNOT_SESSION_IDLE_MINUTES must be at"),
+        ({"MEDANNOT_SESSION_IDLE_MINUTES": "soon"}, "is not an integer"),
+    ],
+)
+def test_a_bad_security_setting_fails_loudly_at_start(env, message):
+    result = _run([sys.executable, "-c", "import django; django.setup()"], _production_env(**env))
+    assert result.returncode != 0 and message in result.stderr

@@ -188,3 +188,14 @@ def test_the_lockout_page_meets_wcag_21_aa_under_the_csp(browser, live_server, s
     assert "/login/" in page.url
     assert not run_axe(page) and not csp
     page.close()
+
+
+def test_the_admin_login_is_throttled_too(paul, settings):
+    paul.is_staff = paul.is_superuser = True
+    paul.save()
+    url = reverse("admin:login")
+    for i in range(settings.AXES_FAILURE_LIMIT):
+        CsrfClient().post(url, {"username": "paul", "password": f"wrong-{i}"})
+    client = CsrfClient()
+    response = client.post(url, {"username": "paul", "password": PASSWORD})
+    assert response.status_code == 429 and not _logged_in(client)
