@@ -137,11 +137,13 @@ def test_the_policy_allows_no_inline_script_or_style():
 SCRIPT_TAG = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
 HANDLER = re.compile(r"""<[a-z][^>]*?\s(on[a-z]+)\s*=""", re.IGNORECASE | re.DOTALL)
 JS_URL = re.compile(r"""(?:href|src|action|formaction)\s*=\s*["']?\s*javascript:""", re.I)
+STYLE_ATTR = re.compile(r"""<[a-z][^>]*?\sstyle\s*=""", re.IGNORECASE | re.DOTALL)
 JSON_TYPE = re.compile(r"""\btype\s*=\s*["']?application/(?:ld\+)?json""", re.IGNORECASE)
 
 
 def inline_code(html: str) -> list[str]:
-    """What a strict CSP would block in this HTML: inline scripts, handlers, javascript: URLs.
+    """What a strict CSP would block in this HTML: inline scripts, handlers, javascript: URLs,
+    style attributes (style-src 'self').
 
     A <script> with a src, or holding JSON data (json_script), is allowed."""
     found = []
@@ -151,6 +153,7 @@ def inline_code(html: str) -> list[str]:
             found.append(match.group(0))
     found += [m.group(0)[-60:] for m in HANDLER.finditer(html)]
     found += [m.group(0) for m in JS_URL.finditer(html)]
+    found += [m.group(0)[-60:] for m in STYLE_ATTR.finditer(html)]
     return found
 
 
@@ -165,6 +168,7 @@ def test_the_checker_finds_each_kind_of_inline_code():
     assert inline_code('<img src=x onerror="alert(1)">')
     assert inline_code('<button class="a"\n onclick=go()>')
     assert inline_code('<a href="javascript:alert(1)">')
+    assert inline_code('<div class="x" style="color: red">')
     assert not inline_code('<script src="/static/js/app.js" defer></script>')
     assert not inline_code('<script id="d" type="application/json">{"on": 1}</script>')
     assert not inline_code("<p>Data-driven decisions=good</p>")

@@ -37,7 +37,8 @@ FILE_PAYLOAD = f"{IMG}{ATTRIBUTE}"
 
 
 class _Inline(HTMLParser):
-    """What a browser would run from a page: handlers, javascript: URLs, inline scripts."""
+    """What a browser would run from a page (handlers, javascript: URLs, inline scripts), and
+    style attributes, which the policy refuses as well."""
 
     def __init__(self):
         super().__init__()
@@ -46,7 +47,7 @@ class _Inline(HTMLParser):
     def handle_starttag(self, tag, attrs):
         names = {name for name, _ in attrs}
         for name, value in attrs:
-            if name.startswith("on"):
+            if name.startswith("on") or name == "style":
                 self.found.append(f"<{tag} {name}=...>")
             if name in {"href", "src", "action", "formaction"} and (
                 value or ""
@@ -79,6 +80,7 @@ def test_the_parser_finds_what_a_browser_would_run():
     assert page_inline_code(f"<p>{PAYLOAD}</p>")
     assert page_inline_code(f'<input value="{ATTRIBUTE}">')
     assert page_inline_code('<a href=" javascript:alert(1)">x</a>')
+    assert page_inline_code('<p style="color: red">x</p>')
     assert not page_inline_code('<input value="&quot; onmouseover=&quot;alert(1)">')
     assert not page_inline_code('<script type="application/json">{"a": "<\\/script>"}</script>')
 
