@@ -358,3 +358,21 @@ def test_every_exported_row_carries_the_notice(hostile, client_for):
     response = client_for(hostile.admin).get(url, {"format": "jsonl"})
     rows = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
     assert rows and all(row["draft_notice"] == notice.AI_NOTICE for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("admin:index", lambda p: []),
+        ("admin:annotations_project_changelist", lambda p: []),
+        ("admin:annotations_project_change", lambda p: [p.project.pk]),
+        ("admin:annotations_image_changelist", lambda p: []),
+        ("admin:annotations_draft_changelist", lambda p: []),
+        ("admin:annotations_label_changelist", lambda p: []),
+        ("admin:annotations_auditevent_changelist", lambda p: []),
+    ],
+)
+def test_the_django_admin_escapes_the_payloads_and_runs_under_the_policy(
+    hostile, client_for, name, args
+):
+    assert_safe(client_for(hostile.superuser).get(reverse(name, args=args(hostile))))
