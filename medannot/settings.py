@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -111,6 +112,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "django_htmx",
     "template_partials",
     "annotations",
@@ -127,6 +129,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "medannot.middleware.ContentSecurityPolicyMiddleware",
+    "medannot.middleware.SessionIdleMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if not DEBUG:
@@ -147,6 +152,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "annotations.context_processors.notice",
+                "annotations.notice.context",
             ],
         },
     }
@@ -200,9 +206,41 @@ CACHES = {
 }
 
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": envint("MEDANNOT_PASSWORD_MIN_LENGTH", "12")},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes checks every login against the failures counted so far, then Django's own.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins: this many in a row, for one user name or from one address, lock both out
+# for the cooling-off period; a success resets the count.
+AXES_FAILURE_LIMIT = envint("MEDANNOT_LOGIN_FAILURE_LIMIT", "5")
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("MEDANNOT_LOGIN_FAILURE_LIMIT must be at least 1")
+MEDANNOT_LOGIN_COOLOFF_MINUTES = envint("MEDANNOT_LOGIN_COOLOFF_MINUTES", "15")
+if MEDANNOT_LOGIN_COOLOFF_MINUTES < 1:
+    raise ImproperlyConfigured("MEDANNOT_LOGIN_COOLOFF_MINUTES must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=MEDANNOT_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "medannot.middleware.login_locked_out"
+# The client's address: REMOTE_ADDR, or the header a proxy in front sets (X-Forwarded-For),
+# only when named here; a header anyone can send would let an attacker pick the address.
+MEDANNOT_CLIENT_IP_HEADER = envstr("MEDANNOT_CLIENT_IP_HEADER", "") or ""
+AXES_CLIENT_IP_CALLABLE = "medannot.middleware.client_ip"
+# Sessions end after this many minutes without a request; the expiry is pushed back at most
+# once a minute (medannot.middleware.SessionIdleMiddleware), not written on every request.
+MEDANNOT_SESSION_IDLE_MINUTES = envint("MEDANNOT_SESSION_IDLE_MINUTES", "30")
+if MEDANNOT_SESSION_IDLE_MINUTES < 2:
+    raise ImproperlyConfigured("MEDANNOT_SESSION_IDLE_MINUTES must be at least 2")
+SESSION_COOKIE_AGE = MEDANNOT_SESSION_IDLE_MINUTES * 60
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "project-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -277,15 +315,23 @@ if MEDANNOT_EXPORT_DAYS < 1:
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-# HTTPS: off by default, for a TLS-terminating proxy in front that redirects and sends HSTS
-# itself; set them here when gunicorn faces the browsers, or the proxy does not.
-SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False")
-SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")
-SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "False")
+# HTTPS: on by default with DEBUG off (redirect, one year of HSTS). A TLS-terminating proxy
+# in front that does both may turn them off; MEDANNOT_BEHIND_TLS_PROXY makes the redirect
+# trust its X-Forwarded-Proto, or every request would be redirected again.
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", str(not DEBUG))
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0" if DEBUG else str(365 * 24 * 3600))
+# Subdomains of MedAnnot's own host name only: harmless, and asked for by check --deploy.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "True")
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
+if not SECURE_HSTS_PRELOAD:
+    # The preload list takes whole registered domains; a hospital's is not ours to submit.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
 if envbool("MEDANNOT_BEHIND_TLS_PROXY", "False"):
     # Only behind a proxy that sets this header itself, overwriting any a client sent.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
