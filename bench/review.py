@@ -69,6 +69,8 @@ def setup_django(args: argparse.Namespace) -> None:
     # Production settings: DEBUG off (it logs every statement and renders templates in debug
     # mode, which would time the logging). Statements are counted in a pass of their own.
     os.environ["DEBUG"] = "false"
+    # In-process requests are plain HTTP: TLS (and its redirect) is the proxy's business.
+    os.environ["SECURE_SSL_REDIRECT"] = "false"
     os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
     os.environ["ALLOWED_HOSTS"] = "testserver"
     os.environ["DJANGO_SETTINGS_MODULE"] = "medannot.settings"
