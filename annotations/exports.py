@@ -45,7 +45,7 @@ from annotations.models import (
     ReviewState,
     Task,
 )
-from annotations.notice import AI_NOTICE
+from annotations.notice import AI_NOTICE, MODEL_TERMS_NOTICE, OTHER_MODEL_TERMS
 from annotations.regions import feature_collection
 from imaging import ImageRejected, patches, pixels
 from imaging.inspect import ALLOWED_PROPERTIES
@@ -398,6 +398,12 @@ _ROW_FIELDS: tuple[tuple[str, str], ...] = (
     ("task_metadata", "t.metadata"),
     ("generation", "d.generation"),
     ("draft_notice", "%(notice)s::text"),
+    # The terms the drafting model is used under (MedGemma: Health AI Developer Foundations).
+    (
+        "model_terms",
+        "CASE WHEN d.model_id ILIKE '%%medgemma%%' THEN %(medgemma_terms)s::text"
+        " ELSE %(other_terms)s::text END",
+    ),
 )
 COLUMNS = tuple(name for name, _ in _ROW_FIELDS)
 
@@ -421,7 +427,12 @@ def _sql(select: str, where: str = "", order: str = "l.task_id, l.id") -> str:
 
 
 def _params(project: Project) -> dict[str, Any]:
-    return {"project": project.pk, "notice": AI_NOTICE}
+    return {
+        "project": project.pk,
+        "notice": AI_NOTICE,
+        "medgemma_terms": MODEL_TERMS_NOTICE,
+        "other_terms": OTHER_MODEL_TERMS,
+    }
 
 
 # The image as a training set names it, relative to the export: images/<sha256><suffix>,
@@ -1303,7 +1314,8 @@ Rows: {counts}. One row per validated label (per final task with double reading)
 {AI_NOTICE}
 
 Every row carries this notice in `draft_notice`; `draft_text` is what the model wrote,
-`final_text` what the clinician validated.
+`final_text` what the clinician validated. `model_terms` names the terms the drafting model
+is used under ({MODEL_TERMS_NOTICE}).
 
 ## Columns
 

@@ -19,6 +19,7 @@ HAI_DEF_TERMS = "Health AI Developer Foundations terms of use"
 HAI_DEF_TERMS_URL = "https://developers.google.com/health-ai-developer-foundations/terms"
 # One line for export files (a header, a column or a README next to the rows).
 MODEL_TERMS_NOTICE = f"MedGemma drafts are used under the {HAI_DEF_TERMS}: {HAI_DEF_TERMS_URL}"
+OTHER_MODEL_TERMS = "Drafts are used under the terms on the drafting model's card."
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from annotations import exports, services
 from annotations.models import AuditEvent, Draft, Image, Label, Role
-from annotations.notice import AI_NOTICE
+from annotations.notice import AI_NOTICE, MODEL_TERMS_NOTICE, OTHER_MODEL_TERMS
 from tests.factories import make_drafted_task
 
 EDIT = 'Naevus — "compound", no atypia;\nmargins clear, 5\u00b5m.'
@@ -95,6 +95,16 @@ def test_the_csv_has_the_jsonl_columns_and_values(people, client_for, decided):
     assert rows[1]["final_text"] == EDIT  # quotes, a newline and µ survive
     assert rows[2]["edit_chars"] == "" and rows[0]["fast_accept"] in ("true", "false")
     assert json.loads(rows[0]["regions"]) == {"type": "FeatureCollection", "features": []}
+
+
+def test_every_row_names_the_terms_its_model_is_used_under(people, client_for, decided):
+    Draft.objects.filter(task=decided[0]).update(model_id="google/medgemma-1.5-4b-it")
+    client = client_for(people.admin)
+    terms = {row["task_id"]: row["model_terms"] for row in jsonl(client, people.project)}
+    assert terms[decided[0].pk] == MODEL_TERMS_NOTICE  # MedGemma: HAI-DEF terms, with the URL
+    assert "health-ai-developer-foundations/terms" in terms[decided[0].pk]
+    assert terms[decided[1].pk] == OTHER_MODEL_TERMS  # another model: its card's terms
+    assert [r["model_terms"] for r in csv_rows(client, people.project)] == list(terms.values())
 
 
 def test_the_csv_of_an_empty_project_is_its_header(people, client_for):

@@ -245,6 +245,8 @@ def test_the_adjudication_pages_escape_the_readings(disagreement, client_for):
     assert reverse("task-adjudicate", args=[task.pk]) in queue
     html = assert_safe(client.get(reverse("task-adjudicate", args=[task.pk])))
     assert "Malignant" in html and "&lt;script&gt;" in html
+    draft = html[html.index("<h2>Draft</h2>") :].split("</section>", 1)[0]
+    assert notice.AI_NOTICE in draft  # the draft shown there is marked as AI output
 
 
 # ---------------------------------------------------------------------------- files
