@@ -10,7 +10,7 @@ from annotations.queues import DEFAULT_QUEUE, TMP_SWEEP_TASK
 from inference.tasks import sweep_tmp_task
 
 
-def test_the_scheduled_sweep_removes_old_temporary_files_and_keeps_fresh_ones(settings):
+def test_the_scheduled_sweep_removes_old_temporary_files_and_keeps_fresh_ones(settings, db):
     settings.MEDANNOT_TMP_MAX_AGE_SECONDS = 3600
     tmp = Path(settings.MEDIA_ROOT) / "tmp"
     tmp.mkdir()
@@ -20,7 +20,7 @@ def test_the_scheduled_sweep_removes_old_temporary_files_and_keeps_fresh_ones(se
     long_ago = time.time() - 2 * 3600
     for path in (old_ours, old_django):
         os.utime(path, (long_ago, long_ago))
-    sweep_tmp_task()  # what beat runs
+    sweep_tmp_task()  # what beat runs (it also sweeps expired resumable uploads: the database)
     assert sorted(p.name for p in tmp.iterdir()) == ["x"]
 
 
