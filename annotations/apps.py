@@ -9,6 +9,8 @@ class AnnotationsConfig(AppConfig):
     verbose_name = "Annotations"
 
     def ready(self) -> None:
+        from annotations import signals  # noqa: F401 - connects the login audit receivers
+
         # Django writes large uploads there and fails if it is missing.
         if getattr(settings, "FILE_UPLOAD_TEMP_DIR", None):
             Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
