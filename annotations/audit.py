@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,15 +36,17 @@ class Number:
     text: str
 
 
+# One decoder for every row (building one per call was a tenth of verify_audit's time).
+_DECODER = json.JSONDecoder(parse_float=Number, parse_int=Number)
+# json's C string escaper, as json.dumps(ensure_ascii=False) uses it.
+_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
 def load(text: str | None) -> Any:
     """A jsonb value as PostgreSQL printed it, with numbers kept as their text."""
     if text is None:
         return None
-    return json.loads(text, parse_float=Number, parse_int=Number)
-
-
-def _string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return _DECODER.decode(text)
 
 
 def _jsonb_order(key: str) -> tuple[int, bytes]:
@@ -55,43 +56,49 @@ def _jsonb_order(key: str) -> tuple[int, bytes]:
 
 def canonical_json(value: Any) -> str:
     """`value` as PostgreSQL writes it as jsonb text."""
-    return "".join(_parts(value))
+    out: list[str] = []
+    _write(value, out)
+    return "".join(out)
 
 
-def _parts(value: Any) -> Iterator[str]:
-    if value is None:
-        yield "null"
+def _write(value: Any, out: list[str]) -> None:
+    kind = type(value)
+    if kind is str:
+        out.append(_string(value))
+    elif kind is Number:
+        out.append(value.text)
+    elif value is None:
+        out.append("null")
     elif value is True:
-        yield "true"
+        out.append("true")
     elif value is False:
-        yield "false"
-    elif isinstance(value, Number):
-        yield value.text
+        out.append("false")
     elif isinstance(value, int):
-        yield str(value)
+        out.append(str(value))
     elif isinstance(value, float):
-        yield repr(value)
+        out.append(repr(value))
     elif isinstance(value, str):
-        yield _string(value)
+        out.append(_string(value))
     elif isinstance(value, dict):
-        yield "{"
+        out.append("{")
         for k, key in enumerate(sorted(value, key=_jsonb_order)):
-            yield (", " if k else "") + _string(key) + ": "
-            yield from _parts(value[key])
-        yield "}"
+            out.append((", " if k else "") + _string(key) + ": ")
+            _write(value[key], out)
+        out.append("}")
     elif isinstance(value, list | tuple):
-        yield "["
+        out.append("[")
         for k, item in enumerate(value):
             if k:
-                yield ", "
-            yield from _parts(item)
-        yield "]"
+                out.append(", ")
+            _write(item, out)
+        out.append("]")
     else:
         raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def timestamp(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: the same text, in a fraction of the time.
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def row_hash(

@@ -3,10 +3,17 @@ was refused (the username tried, never the password)."""
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
-from annotations import services
+# Imported by apps.py before the models are ready: the audit model is looked up when used.
+
+
+def _record(action: str, actor, after: dict) -> None:
+    apps.get_model("annotations", "AuditEvent").objects.create(
+        action=action, actor=actor, after=after
+    )
 
 
 def _address(request) -> str | None:
@@ -16,16 +23,16 @@ def _address(request) -> str | None:
 
 @receiver(user_logged_in, dispatch_uid="audit_login")
 def audit_login(sender, request, user, **kwargs) -> None:
-    services.audit_record(action="auth.login", actor=user, after={"address": _address(request)})
+    _record("auth.login", user, {"address": _address(request)})
 
 
 @receiver(user_logged_out, dispatch_uid="audit_logout")
 def audit_logout(sender, request, user, **kwargs) -> None:
-    services.audit_record(action="auth.logout", actor=user, after={"address": _address(request)})
+    _record("auth.logout", user, {"address": _address(request)})
 
 
 @receiver(user_login_failed, dispatch_uid="audit_login_failed")
 def audit_login_failed(sender, credentials, request=None, **kwargs) -> None:
     # Django has already masked the password in `credentials`; only the username is kept.
     after = {"username": str(credentials.get("username", "")), "address": _address(request)}
-    services.audit_record(action="auth.login_failed", after=after)
+    _record("auth.login_failed", None, after)
