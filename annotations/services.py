@@ -1748,6 +1748,7 @@ _TAKE = """
 WITH gone AS (
   DELETE FROM annotations_claim
   WHERE task_id = %(task)s AND reviewer_id <> %(me)s AND expires_at <= %(now)s
+  RETURNING task_id, reviewer_id, expires_at
 ), took AS (
 INSERT INTO annotations_claim (task_id, reviewer_id, expires_at, created_at)
 SELECT %(task)s, %(me)s, %(expiry)s, %(now)s
@@ -1763,6 +1764,9 @@ RETURNING task_id, expires_at
 ), logged AS (
 INSERT INTO annotations_auditevent
   (at, actor_id, action, project_id, task_id, before, after, reason)
+SELECT %(now)s, %(me)s, 'claim.take_over', %(project)s, task_id,
+  jsonb_build_object('reviewer', reviewer_id, 'expires_at', expires_at), NULL, '' FROM gone
+UNION ALL
 SELECT %(now)s, %(me)s, 'claim.take', %(project)s, task_id, NULL,
   jsonb_build_object('expires_at', expires_at), '' FROM took
 )

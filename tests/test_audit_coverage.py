@@ -3,11 +3,13 @@ prompts, members and roles (in the app and through the Django admin), logins, fa
 and logouts."""
 
 import json
+from datetime import timedelta
 
 from django.urls import reverse
+from django.utils import timezone
 
 from annotations import services
-from annotations.models import AuditEvent, Membership, Role
+from annotations.models import AuditEvent, Claim, Membership, Role
 from tests.conftest import CsrfClient
 from tests.factories import make_drafted_task
 
@@ -35,6 +37,18 @@ def test_a_claim_taken_and_released_is_audited(people):
     services.claim_release(task_id=task.pk, reviewer=people.pathologist)
     released = _only("claim.release", task=task)
     assert released.actor == people.pathologist and released.project == people.project
+
+
+def test_an_expired_claim_taken_over_is_audited(people):
+    task = make_drafted_task(people.project)
+    lapsed = timezone.now() - timedelta(minutes=1)
+    Claim.objects.create(task=task, reviewer=people.project_admin, expires_at=lapsed)
+    claimed = services.claim_for(project=people.project, reviewer=people.pathologist)
+    assert claimed.task_id == task.pk
+    row = _only("claim.take_over", task=task)
+    assert row.actor == people.pathologist
+    assert row.before["reviewer"] == people.project_admin.pk
+    assert _only("claim.take", task=task).actor == people.pathologist
 
 
 def test_releasing_a_claim_one_does_not_hold_writes_nothing(people):
