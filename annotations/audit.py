@@ -1,6 +1,6 @@
 """The audit trail's hash chain: one canonical serialisation of a row, written here in Python
-and in SQL (the trigger of migration 0018), so that `verify_audit` recomputes independently
-what the database computed when the row was appended.
+and in SQL (the trigger of migration 0018 keeps its own frozen copy), so that `verify_audit`
+recomputes independently what the database computed when the row was appended.
 
 Canonical form: the JSON array
 
@@ -24,9 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64  # the prev_hash of the first row
-
-# The advisory lock key that serialises appends (see migration 0018).
-LOCK_KEY = 4_180_910_001
 
 
 @dataclass(frozen=True)
@@ -118,44 +115,3 @@ def row_hash(
     content = [id, timestamp(at), actor_id, action, project_id, task_id]
     content += [before, after, reason, prev_hash]
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
-
-
-# The same serialisation in SQL, installed by migration 0018. The trigger takes the advisory
-# lock, numbers the row and links it under that lock (see the comment in the function).
-SQL_CANON = r"""
-CREATE OR REPLACE FUNCTION annotations_audit_hash(
-    id bigint, at timestamptz, actor_id integer, action text, project_id bigint,
-    task_id bigint, before jsonb, after jsonb, reason text, prev_hash text
-) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT encode(sha256(convert_to(jsonb_build_array(
-        id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        actor_id, action, project_id, task_id, before, after, reason, prev_hash
-    )::text, 'UTF8')), 'hex')
-$$;
-"""
-
-SQL_CHAIN = f"""
-CREATE OR REPLACE FUNCTION annotations_audit_chain() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    previous text;
-BEGIN
-    -- A transaction-level lock, held until commit: a row is invisible to other writers
-    -- until its transaction commits, so a lock released right after the insert would let
-    -- the next writer read the same "last row" and fork the chain.
-    PERFORM pg_advisory_xact_lock({LOCK_KEY});
-    -- Numbered under the lock: ids then follow the chain (a default taken before the lock
-    -- could be smaller than that of a row committed ahead of it).
-    NEW.id := nextval(pg_get_serial_sequence('annotations_auditevent', 'id'));
-    IF NEW.at IS NULL THEN
-        NEW.at := now();
-    END IF;
-    SELECT e.hash INTO previous FROM annotations_auditevent e ORDER BY e.id DESC LIMIT 1;
-    NEW.prev_hash := coalesce(previous, '{GENESIS}');
-    NEW.hash := annotations_audit_hash(
-        NEW.id, NEW.at, NEW.actor_id, NEW.action, NEW.project_id, NEW.task_id,
-        NEW.before, NEW.after, NEW.reason, NEW.prev_hash);
-    RETURN NEW;
-END;
-$$;
-"""

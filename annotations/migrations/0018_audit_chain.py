@@ -3,7 +3,50 @@ table refuses TRUNCATE as it already refuses UPDATE and DELETE."""
 
 from django.db import migrations, models
 
-from annotations.audit import GENESIS, SQL_CANON, SQL_CHAIN
+# Frozen here, not imported: a migration must install the same thing forever.
+# annotations/audit.py writes the same serialisation in Python (and its tests compare them).
+GENESIS = "0" * 64  # the prev_hash of the first row
+LOCK_KEY = 4_180_910_001  # the advisory lock that serialises appends
+
+# The serialisation in SQL. The trigger takes the advisory
+# lock, numbers the row and links it under that lock (see the comment in the function).
+SQL_CANON = r"""
+CREATE OR REPLACE FUNCTION annotations_audit_hash(
+    id bigint, at timestamptz, actor_id integer, action text, project_id bigint,
+    task_id bigint, before jsonb, after jsonb, reason text, prev_hash text
+) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT encode(sha256(convert_to(jsonb_build_array(
+        id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        actor_id, action, project_id, task_id, before, after, reason, prev_hash
+    )::text, 'UTF8')), 'hex')
+$$;
+"""
+
+SQL_CHAIN = f"""
+CREATE OR REPLACE FUNCTION annotations_audit_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    previous text;
+BEGIN
+    -- A transaction-level lock, held until commit: a row is invisible to other writers
+    -- until its transaction commits, so a lock released right after the insert would let
+    -- the next writer read the same "last row" and fork the chain.
+    PERFORM pg_advisory_xact_lock({LOCK_KEY});
+    -- Numbered under the lock: ids then follow the chain (a default taken before the lock
+    -- could be smaller than that of a row committed ahead of it).
+    NEW.id := nextval(pg_get_serial_sequence('annotations_auditevent', 'id'));
+    IF NEW.at IS NULL THEN
+        NEW.at := now();
+    END IF;
+    SELECT e.hash INTO previous FROM annotations_auditevent e ORDER BY e.id DESC LIMIT 1;
+    NEW.prev_hash := coalesce(previous, '{GENESIS}');
+    NEW.hash := annotations_audit_hash(
+        NEW.id, NEW.at, NEW.actor_id, NEW.action, NEW.project_id, NEW.task_id,
+        NEW.before, NEW.after, NEW.reason, NEW.prev_hash);
+    RETURN NEW;
+END;
+$$;
+"""
 
 # Existing rows, in id order, in one pass: hashes gathered in arrays and written every
 # 50,000 rows with one UPDATE, with the append-only trigger off for this migration only.
