@@ -244,3 +244,24 @@ def test_twenty_concurrent_writers_leave_one_chain(people):
     assert len(prevs) == len(set(prevs))
     code, output = _verify()
     assert code == 0, output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_chains_the_rows_already_there():
+    call_command("migrate", "annotations", "0017", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO annotations_auditevent (at, action, before, after, reason) "
+                "SELECT now() - make_interval(secs => g), 'old.event', NULL,"
+                " jsonb_build_object('n', g, 'f', 1.0, 'é', 'quote \"'), 'r' "
+                "FROM generate_series(1, 50) g"
+            )
+    finally:
+        call_command("migrate", "annotations", verbosity=0)
+    rows = list(AuditEvent.objects.order_by("id").values_list("prev_hash", "hash"))
+    assert len(rows) == 50 and rows[0][0] == audit.GENESIS
+    code, output = _verify()
+    assert code == 0, output
+    _append()  # and new rows follow the backfilled ones
+    assert _verify()[0] == 0
