@@ -5,6 +5,8 @@ read-only here: they change only through the app's services. What the admin does
 import json
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
@@ -13,6 +15,7 @@ from annotations.models import AuditEvent, Draft, Image, Label, Membership, Proj
 
 # Always kept, so that a change of one field still says which row (and member) it was.
 _IDENTITY = {"id", "user", "project"}
+_SECRET = {"password"}  # a user's password hash never goes into the trail
 
 
 def _fields(obj, names=None) -> dict:
@@ -20,7 +23,7 @@ def _fields(obj, names=None) -> dict:
     values = {
         f.name: getattr(obj, f.attname)
         for f in obj._meta.concrete_fields
-        if names is None or f.name in names or f.name in _IDENTITY
+        if (names is None or f.name in names or f.name in _IDENTITY) and f.name not in _SECRET
     }
     return json.loads(json.dumps(values, cls=DjangoJSONEncoder))
 
@@ -67,6 +70,13 @@ class AuditedAdmin(admin.ModelAdmin):
         with transaction.atomic():
             self._audit(request, obj, "delete", _fields(obj), None)
             super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # The changelist's "delete selected" action: one row per object, as one by one.
+        with transaction.atomic():
+            for obj in queryset:
+                self._audit(request, obj, "delete", _fields(obj), None)
+            super().delete_queryset(request, queryset)
 
     def save_formset(self, request, form, formset, change):
         # The forms' instances already hold the new values (set when the forms were cleaned);
@@ -138,3 +148,12 @@ class LabelAdmin(ReadOnlyAdmin):
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["at", "actor", "action", "project", "task"]
     list_filter = ["action"]
+
+
+# Site-wide power (is_superuser, is_staff, is_active) changes here: audited like a role.
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class AuditedUserAdmin(AuditedAdmin, UserAdmin):
+    pass

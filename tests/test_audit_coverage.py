@@ -203,6 +203,32 @@ def test_a_non_superuser_cannot_change_anything_in_the_admin(people, client_for)
     assert not AuditEvent.objects.filter(action__startswith="admin.").exists()
 
 
+def test_site_wide_power_given_in_the_admin_is_audited(people, client_for):
+    oscar = people.outsider
+    url = reverse("admin:auth_user_change", args=[oscar.pk])
+    data = {
+        "username": oscar.username,
+        "first_name": "",
+        "last_name": "",
+        "email": "",
+        "is_active": "on",
+        "is_staff": "on",
+        "is_superuser": "on",
+        "date_joined_0": oscar.date_joined.strftime("%Y-%m-%d"),
+        "date_joined_1": oscar.date_joined.strftime("%H:%M:%S"),
+        "initial-date_joined_0": oscar.date_joined.strftime("%Y-%m-%d"),
+        "initial-date_joined_1": oscar.date_joined.strftime("%H:%M:%S"),
+        "_save": "Save",
+    }
+    response = client_for(people.superuser).post(url, data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    row = _only("admin.user.change")
+    assert row.actor == people.superuser and row.project is None
+    assert row.before == {"id": oscar.pk, "is_staff": False, "is_superuser": False}
+    assert row.after == {"id": oscar.pk, "is_staff": True, "is_superuser": True}
+    assert "password" not in json.dumps([row.before, row.after])
+
+
 # Logins ------------------------------------------------------------------------------------
 
 
