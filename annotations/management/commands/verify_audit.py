@@ -13,8 +13,8 @@ from django.db import connection, transaction
 
 from annotations import audit
 
-# The row's content as PostgreSQL stores it: jsonb as its text, so that numbers are hashed
-# by the text PostgreSQL hashed, never through a float. Streamed from a named cursor.
+# The row's content as PostgreSQL stores it: jsonb as its text (its canonical form: numbers
+# as PostgreSQL wrote them, never through a float). Streamed from a named cursor.
 _ROWS = """
 SELECT id, at, actor_id, action, project_id, task_id, before::text, after::text, reason,
        prev_hash, hash
@@ -84,15 +84,15 @@ class Command(BaseCommand):
                 f"changed): prev_hash {prev}, expected {previous}"
             )
         else:
-            computed = audit.row_hash(
+            computed = audit.row_hash_stored(
                 id=row_id,
                 at=at,
                 actor_id=actor_id,
                 action=action,
                 project_id=project_id,
                 task_id=task_id,
-                before=audit.load(before),
-                after=audit.load(after),
+                before=before,
+                after=after,
                 reason=reason,
                 prev_hash=prev,
             )
