@@ -3,6 +3,8 @@ from pathlib import Path
 from django.apps import AppConfig
 from django.conf import settings
 
+from annotations import signals  # noqa: F401 - connects the login audit receivers
+
 
 class AnnotationsConfig(AppConfig):
     name = "annotations"

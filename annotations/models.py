@@ -667,9 +667,16 @@ class AuditEvent(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     reason = models.TextField(blank=True)
+    # Set by the database on insert (migration 0018): the chain that verify_audit checks.
+    prev_hash = models.CharField(max_length=64, default="", editable=False)
+    hash = models.CharField(max_length=64, default="", editable=False)
 
     class Meta:
         ordering = ["at", "id"]
+        constraints = [
+            # Two rows linked to the same predecessor would be a fork of the chain.
+            models.UniqueConstraint(fields=["prev_hash"], name="audit_chain_does_not_fork"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action}"

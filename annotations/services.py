@@ -1774,12 +1774,14 @@ ORDER BY c.created_at LIMIT 1
 """
 # Under the row lock, with a fresh snapshot: the readers counted again (a claim committed
 # after the candidates' snapshot is seen here), expired claims of others taken over, and
-# the claim written; no row when the task has its readers by now.
+# the claim written; no row when the task has its readers by now. The claim is audited in
+# the same statement (no round trip added to the review path).
 _TAKE = """
 WITH gone AS (
   DELETE FROM annotations_claim
   WHERE task_id = %(task)s AND reviewer_id <> %(me)s AND expires_at <= %(now)s
-)
+  RETURNING task_id, reviewer_id, expires_at
+), took AS (
 INSERT INTO annotations_claim (task_id, reviewer_id, expires_at, created_at)
 SELECT %(task)s, %(me)s, %(expiry)s, %(now)s
 WHERE NOT EXISTS (
@@ -1790,7 +1792,17 @@ WHERE NOT EXISTS (
     < %(wanted)s
 ON CONFLICT (task_id, reviewer_id)
 DO UPDATE SET expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at
-RETURNING task_id
+RETURNING task_id, expires_at
+), logged AS (
+INSERT INTO annotations_auditevent
+  (at, actor_id, action, project_id, task_id, before, after, reason)
+SELECT %(now)s, %(me)s, 'claim.take_over', %(project)s, task_id,
+  jsonb_build_object('reviewer', reviewer_id, 'expires_at', expires_at), NULL, '' FROM gone
+UNION ALL
+SELECT %(now)s, %(me)s, 'claim.take', %(project)s, task_id, NULL,
+  jsonb_build_object('expires_at', expires_at), '' FROM took
+)
+SELECT task_id FROM took
 """
 
 
@@ -1908,8 +1920,22 @@ def claim_renew(*, task_id: int, reviewer: AbstractBaseUser) -> bool:
 
 
 def claim_release(*, task_id: int, reviewer: AbstractBaseUser) -> None:
-    """Give up `reviewer`'s claim on a task (a decision, a skip); others' claims stay."""
-    Claim.objects.filter(task_id=task_id, reviewer=reviewer).delete()
+    """Give up `reviewer`'s claim on a task (a decision, a skip); others' claims stay.
+    Audited in the same statement, when there was a claim to give up."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RELEASE, {"task": task_id, "me": reviewer.pk, "now": timezone.now()})
+
+
+_RELEASE = """
+WITH gone AS (
+  DELETE FROM annotations_claim WHERE task_id = %(task)s AND reviewer_id = %(me)s
+  RETURNING task_id
+)
+INSERT INTO annotations_auditevent
+  (at, actor_id, action, project_id, task_id, before, after, reason)
+SELECT %(now)s, %(me)s, 'claim.release', t.project_id, t.id, NULL, NULL, ''
+FROM gone JOIN annotations_task t ON t.id = gone.task_id
+"""
 
 
 # Drafts (called by the inference worker) -------------------------------------------------
