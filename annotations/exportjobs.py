@@ -125,7 +125,7 @@ class _Progress:
             self.connection.close()
 
 
-class _CountingFile(io.FileIO):
+class CountingFile(io.FileIO):
     """A file that counts the lines written to it and reports every PROGRESS_ROWS: one
     bytes.count per buffered block, nothing per row. (A CSV field may hold a newline, so
     the count is a progress figure; the job's final rows come from write_export.)"""
@@ -198,7 +198,7 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
 def _write_text(
     job: ExportJob, part: Path, options: exports.ExportOptions, progress: _Progress
 ) -> int:
-    with _CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
+    with CountingFile(part, progress, skip=1 if job.format == "csv" else 0) as raw:
         buffered = io.BufferedWriter(raw, buffer_size=BUFFER_BYTES)
         out = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
         rows = exports.write_export_options(job.project, out, options)

@@ -6,7 +6,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotations import services
+from annotations import exportjobs, services
 from annotations.models import Membership, Project, Task
 from tests.factories import make_drafted_task
 
@@ -103,6 +103,32 @@ def test_export_labels_writes_jsonl(people, tmp_path):
         len(rows) == 1 and rows[0]["final_text"] == "Benign." and rows[0]["decision"] == "accepted"
     )
     assert not (tmp_path / "labels.jsonl.part").exists()
+
+
+@pytest.mark.parametrize("format", ["jsonl", "csv"])
+def test_export_labels_shows_its_progress(people, tmp_path, monkeypatch, format):
+    monkeypatch.setattr(exportjobs, "PROGRESS_ROWS", 2)
+    for _ in range(5):
+        task = make_drafted_task(people.project, text="Benign.")
+        services.label_record(
+            task_id=task.pk,
+            reviewer=people.pathologist,
+            decision="accepted",
+            draft_id=task.latest_draft().pk,
+        )
+    out, err = tmp_path / f"labels.{format}", StringIO()
+    call_command(
+        "export_labels",
+        "--project",
+        "Breast biopsies",
+        "--format",
+        format,
+        "--out",
+        str(out),
+        stderr=err,
+    )
+    assert "row(s) written" in err.getvalue() and "exported 5 label(s)" in err.getvalue()
+    assert len(out.read_text().splitlines()) == 5 + (format == "csv")
 
 
 def test_export_labels_keeps_an_overwritten_decision_with_history(people, tmp_path):

@@ -1,10 +1,11 @@
+import io
 import shutil
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotations import exports
+from annotations import exportjobs, exports
 from annotations.models import Decision, Project, ReviewState
 
 # Options given as the export URL's query names them (ExportOptions.from_query).
@@ -92,9 +93,17 @@ class Command(BaseCommand):
         else:
             path = Path(out)
             tmp = path.with_name(path.name + ".part")
-            with tmp.open("w", encoding="utf-8", newline="") as fh:
+            tmp.unlink(missing_ok=True)
+            # Counted as it is written (one count per block, as an export job does): the
+            # rows so far on stderr.
+            skip = 1 if chosen.format == "csv" else 0  # the header line
+            with exportjobs.CountingFile(tmp, self._progress, skip=skip) as raw:
+                fh = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", newline="")
                 count = exports.write_export_options(target, fh, chosen)
+                fh.flush()
+                fh.detach()
             tmp.replace(path)  # a reader never sees a half-written export
+            self.stderr.write("")
         self.stderr.write(f"exported {count} label(s) from {target.name!r}")
 
     def _write_files(self, target, out: str, chosen) -> int:
