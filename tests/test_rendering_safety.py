@@ -378,3 +378,37 @@ def test_the_django_admin_escapes_the_payloads_and_runs_under_the_policy(
     hostile, client_for, name, args
 ):
     assert_safe(client_for(hostile.superuser).get(reverse(name, args=args(hostile))))
+
+
+# ---------------------------------------------------------------------------- history, API
+
+
+def test_the_history_pages_escape_the_payloads(hostile, client_for):
+    client = client_for(hostile.admin)
+    for task in (hostile.drafted, hostile.edited, hostile.rejected):
+        html = assert_safe(client.get(reverse("task-history", args=[task.pk])))
+        assert "&lt;script&gt;" in html
+
+
+def test_the_api_answers_json_that_no_browser_runs_as_html(hostile):
+    from django.test import Client
+
+    from annotations import api_tokens
+
+    secret = api_tokens.token_create(user=hostile.admin, name="script").secret
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    urls = [
+        f"/api/tasks?project={hostile.project.pk}",
+        f"/api/projects/{hostile.project.pk}/uploads/{hostile.batch.pk}",
+        *(f"/api/tasks/{t.pk}" for t in (hostile.drafted, hostile.edited, hostile.rejected)),
+    ]
+    seen = ""
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+        assert response["Content-Type"].startswith("application/json")
+        assert response["X-Content-Type-Options"] == "nosniff"
+        seen += json.dumps(response.json())
+    # The payloads travel as data (draft, edit, reason, file name, manifest, report), as typed.
+    for text in (f"Draft {PAYLOAD}", f"Edited {PAYLOAD}", f"Reason {PAYLOAD}"):
+        assert json.dumps(text)[1:-1] in seen
