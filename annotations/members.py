@@ -136,7 +136,8 @@ def invitation_send(
     link = base_url.rstrip("/") + invitation_path(project, user)
     context = {"project": project, "user": user, "actor": actor, "link": link}
     send_mail(
-        subject=f"You are invited to the MedAnnot project {project.name}",
+        # a line break in a subject would be refused as a header injection
+        subject=f"You are invited to the MedAnnot project {' '.join(project.name.split())}",
         message=render_to_string("registration/invite_email.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         recipient_list=[user.email],

@@ -3,7 +3,11 @@ last-admin guard, invitations by e-mail and the password they set."""
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import subprocess
+import sys
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -12,6 +16,7 @@ from django.urls import reverse
 
 from annotations import members
 from annotations.models import AuditEvent, Membership, Role
+from tests.test_settings import _production_env, _start
 
 PASSWORD = "a long enough pass-phrase 7"
 
@@ -302,6 +307,25 @@ def test_the_invitation_sets_a_password_and_opens_the_project(people, client_for
     assert b"Join" not in again.content.split(b"<main", 1)[-1].split(b"</h1>")[0]
 
 
+def test_someone_removed_before_accepting_lands_on_their_project_list(people, client_for):
+    _invite(people, client_for)
+    user = get_user_model().objects.get(username="new.reader")
+    members.member_remove(project=people.project, user=user, actor=people.project_admin)
+    client = client_for(None)
+    data = {"new_password1": PASSWORD, "new_password2": PASSWORD}
+    response = client.post(_link(mail.outbox[0]), data)
+    assert response.status_code == 302 and response["Location"] == reverse("project-list")
+    detail = reverse("project-detail", args=[people.project.pk])
+    assert client.get(detail).status_code == 404
+
+
+def test_a_project_name_with_a_line_break_still_sends(people, client_for):
+    people.project.name = "Breast\nbiopsies"
+    people.project.save()
+    _invite(people, client_for)
+    assert mail.outbox[0].subject.endswith("Breast biopsies")
+
+
 def test_a_forged_or_mangled_link_does_nothing(people, client_for):
     _invite(people, client_for)
     link = _link(mail.outbox[0])
@@ -365,6 +389,34 @@ def test_html_in_an_email_given_is_escaped_in_the_refusal(people, client_for):
     assert response.status_code == 400
     assert b"<tag>" not in response.content and b"&lt;tag&gt;@hospital" in response.content
     assert not mail.outbox
+
+
+# E-mail settings ---------------------------------------------------------------------------
+
+SHOW_BACKEND = (
+    "import django; django.setup(); from django.conf import settings; print(settings.EMAIL_BACKEND)"
+)
+
+
+def test_invitations_print_to_the_console_when_debugging():
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW_BACKEND],
+        env=os.environ | {"DJANGO_SETTINGS_MODULE": "medannot.settings", "DEBUG": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == "django.core.mail.backends.console.EmailBackend", out.stderr
+
+
+def test_production_sends_by_smtp_and_a_bad_setting_fails_loudly():
+    env = _production_env(SECRET_KEY=secrets.token_urlsafe(50))
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW_BACKEND], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "django.core.mail.backends.smtp.EmailBackend", out.stderr
+    both = _start(EMAIL_USE_TLS="true", EMAIL_USE_SSL="true")
+    assert both.returncode != 0 and "EMAIL_USE_TLS and EMAIL_USE_SSL" in both.stderr
+    assert "EMAIL_PORT" in _start(EMAIL_PORT="smtp").stderr
 
 
 # Superusers ----------------------------------------------------------------------------------
