@@ -8,10 +8,12 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.db import connection, transaction
 from django.urls import reverse
 
 from annotations import members
@@ -429,3 +431,43 @@ def test_a_superuser_sees_and_opens_every_project(people, client_for):
     for project in (people.project, people.other_project):
         assert client.get(reverse("project-detail", args=[project.pk])).status_code == 200
         assert client.get(reverse("project-members", args=[project.pk])).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(people):
+    """The second demotion waits for the first one's lock, then sees it: refused."""
+    second_admin = people.pathologist
+    members.member_role_change(
+        project=people.project, user=second_admin, role=Role.ADMIN, actor=people.superuser
+    )
+    outcome = {}
+
+    def demote_the_other():
+        try:
+            members.member_role_change(
+                project=people.project,
+                user=second_admin,
+                role=Role.PATHOLOGIST,
+                actor=people.project_admin,
+            )
+            outcome["result"] = "demoted"
+        except members.LastAdminError:
+            outcome["result"] = "refused"
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        members.member_role_change(
+            project=people.project,
+            user=people.project_admin,
+            role=Role.RESEARCHER,
+            actor=second_admin,
+        )
+        other = threading.Thread(target=demote_the_other)
+        other.start()
+        other.join(timeout=1)
+        assert other.is_alive(), "the second demotion did not wait for the first"
+    other.join(timeout=10)
+    assert outcome == {"result": "refused"}
+    admins = Membership.objects.filter(project=people.project, role=Role.ADMIN)
+    assert list(admins.values_list("user__username", flat=True)) == ["paul"]
