@@ -16,6 +16,7 @@ from django.utils.encoding import force_str
 from django.utils.http import urlsafe_base64_decode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from annotations import members
 from annotations.access import Can, capabilities, project_for_user
@@ -71,9 +72,8 @@ def member_role(request: HttpRequest, project_id: int) -> HttpResponse:
         )
     except members.MemberError as exc:
         return _refused(request, project, str(exc))
-    label = Role(role).label
-    messages.success(request, f"{membership.user.get_username()} is now {label}.")
-    return _after_change(request, project)
+    notice = f"{membership.user.get_username()} is now {Role(role).label}."
+    return _after_change(request, project, notice)
 
 
 @require_POST
@@ -86,8 +86,9 @@ def member_remove(request: HttpRequest, project_id: int) -> HttpResponse:
         members.member_remove(project=project, user=membership.user, actor=request.user)
     except members.MemberError as exc:
         return _refused(request, project, str(exc))
-    messages.success(request, f"{membership.user.get_username()} is no longer a member.")
-    return _after_change(request, project)
+    notice = f"{membership.user.get_username()} is no longer a member."
+    # the removed row's button had the focus: it goes to the list's heading
+    return _after_change(request, project, notice, focus_heading=True)
 
 
 @never_cache
@@ -142,14 +143,30 @@ def _member_from(request: HttpRequest, project: Project) -> tuple[Membership, st
 
 def _refused(request: HttpRequest, project: Project, message: str) -> HttpResponse:
     context = _context(project, MemberAddForm()) | {"refusal": message}
-    return render(request, "annotations/members.html", context, status=409)
+    return render(request, _template(request), context, status=409)
 
 
-def _after_change(request: HttpRequest, project: Project) -> HttpResponse:
-    """Back to the members page, or to the project list for an admin who left it."""
-    if Can.MANAGE in capabilities(request.user, project):
-        return redirect("project-members", project.pk)
-    return redirect(reverse("project-list"))
+def _after_change(
+    request: HttpRequest, project: Project, notice: str, *, focus_heading: bool = False
+) -> HttpResponse:
+    """The list again: swapped in place (htmx) or by a redirect to the page; an admin who
+    left the project goes to their project list."""
+    if Can.MANAGE not in capabilities(request.user, project):
+        messages.success(request, notice)
+        url = reverse("project-list")
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    if request.htmx:
+        context = _context(project, MemberAddForm()) | {
+            "notice": notice,
+            "focus_heading": focus_heading,
+        }
+        return render(request, _template(request), context)
+    messages.success(request, notice)
+    return redirect("project-members", project.pk)
+
+
+def _template(request: HttpRequest) -> str:
+    return "annotations/members.html#members" if request.htmx else "annotations/members.html"
 
 
 def _added_message(added: members.AddResult) -> str:

@@ -39,18 +39,32 @@ def test_the_members_page_meets_wcag_and_announces_refusals(browser, live_server
     page.wait_for_selector("#member-list")
     _assert_accessible(page)
 
-    # a role changed with a plain form
+    # a role changed in place (htmx): no reload, the live region says it, the focus stays
+    page.evaluate("window.notReloaded = true")
     page.select_option(f"#role-{people.pathologist.pk}", Role.ADJUDICATOR)
-    page.click(f"#member-{people.pathologist.pk} button:has-text('Change')")
-    page.wait_for_selector("text=paul is now Adjudicator")
+    page.click(f"#role-change-{people.pathologist.pk}")
+    page.wait_for_function(
+        "() => document.getElementById('members-status').textContent"
+        ".includes('paul is now Adjudicator')"
+    )
     assert Membership.objects.get(user=people.pathologist).role == Role.ADJUDICATOR
+    assert page.evaluate("window.notReloaded === true")
+    assert page.evaluate("document.activeElement.id") == f"role-change-{people.pathologist.pk}"
 
     # the last admin: refused, in an alert
     page.select_option(f"#role-{people.project_admin.pk}", Role.RESEARCHER)
     page.click(f"#member-{people.project_admin.pk} button:has-text('Change')")
     alert = page.wait_for_selector("#member-refusal[role=alert]")
     assert "only admin" in alert.text_content()
+    assert page.evaluate("document.activeElement.id") == "member-refusal"
     _assert_accessible(page)
+
+    # a member removed in place: their row goes, the focus goes to the list's heading
+    page.click(f"#remove-{people.researcher.pk}")
+    page.wait_for_selector(f"#member-{people.researcher.pk}", state="detached")
+    assert page.evaluate("document.activeElement.id") == "members-title"
+    assert page.evaluate("window.notReloaded === true")
+    assert not Membership.objects.filter(user=people.researcher).exists()
 
     # an unknown user name: the error is announced and the field marked invalid
     page.fill("#id_who", "nobody")
@@ -60,6 +74,20 @@ def test_the_members_page_meets_wcag_and_announces_refusals(browser, live_server
     assert page.evaluate("document.activeElement.id") == "id_who"
     _assert_accessible(page)
     page.close()
+
+
+def test_without_javascript_the_plain_forms_work(browser, live_server, people):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    _log_in(page, live_server.url, "alice", "password")
+    page.goto(live_server.url + reverse("project-members", args=[people.project.pk]))
+    page.select_option(f"#role-{people.pathologist.pk}", Role.RESEARCHER)
+    page.click(f"#role-change-{people.pathologist.pk}")
+    page.wait_for_selector("text=paul is now Researcher")
+    page.click(f"#remove-{people.pathologist.pk}")
+    page.wait_for_selector("text=paul is no longer a member")
+    assert not Membership.objects.filter(user=people.pathologist).exists()
+    context.close()
 
 
 def test_an_invitation_is_accepted_in_the_browser(browser, live_server, people):

@@ -201,6 +201,45 @@ def test_removing_a_member_is_audited(people, client_for):
     assert client_for(people.researcher).get(detail).status_code == 404
 
 
+# In place, with htmx ---------------------------------------------------------------------------
+
+
+def test_with_htmx_a_role_change_swaps_the_list_and_says_so(people, client_for):
+    url = reverse("member-role", args=[people.project.pk])
+    data = {"user": people.pathologist.pk, "role": Role.RESEARCHER}
+    response = client_for(people.project_admin).post(url, data, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<html" not in body and 'id="members"' in body  # the list alone
+    assert 'hx-swap-oob="innerHTML:#members-status">paul is now Researcher.' in body
+    assert _role(people, people.pathologist) == Role.RESEARCHER
+    # nothing left over for the next full page
+    page = client_for(people.project_admin).get(_members_url(people)).content.decode()
+    assert "is now Researcher" not in page
+
+
+def test_with_htmx_a_refusal_is_swapped_in_as_an_alert_with_the_focus(people, client_for):
+    url = reverse("member-remove", args=[people.project.pk])
+    response = client_for(people.project_admin).post(
+        url, {"user": people.project_admin.pk}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 409
+    body = response.content.decode()
+    assert "<html" not in body and 'role="alert"' in body and "autofocus" in body
+    assert "only admin" in body
+
+
+def test_with_htmx_an_admin_who_leaves_is_sent_to_their_projects(people, client_for):
+    members.member_role_change(
+        project=people.project, user=people.pathologist, role=Role.ADMIN, actor=people.superuser
+    )
+    url = reverse("member-remove", args=[people.project.pk])
+    response = client_for(people.project_admin).post(
+        url, {"user": people.project_admin.pk}, HTTP_HX_REQUEST="true"
+    )
+    assert response["HX-Redirect"] == reverse("project-list")
+
+
 # The last admin ------------------------------------------------------------------------------
 
 
