@@ -150,7 +150,7 @@ def invitation_path(project: Project, user: AbstractBaseUser) -> str:
     return reverse("invite-accept", args=[project.pk, uid, token])
 
 
-def invitation_accept(*, user: AbstractBaseUser, project: Project) -> None:
+def invitation_accept(*, user: AbstractBaseUser, project: Project | None) -> None:
     """The invited user has chosen a password (already set on `user`): activate and save."""
     with transaction.atomic():
         user.is_active = True

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import SetPasswordForm
 from django.contrib.auth.tokens import default_token_generator
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -96,18 +97,18 @@ def member_remove(request: HttpRequest, project_id: int) -> HttpResponse:
 def invite_accept(request: HttpRequest, project_id: int, uidb64: str, token: str) -> HttpResponse:
     """The link of an invitation e-mail: choose a password, then open the project."""
     user = _invited_user(uidb64, token)
-    project = Project.objects.filter(pk=project_id).first()
-    if user is None or project is None:
+    if user is None:
         return render(request, "registration/invite_invalid.html")
+    # Only a project the invited user belongs to is named: another id in the link shows none.
+    project = Project.objects.filter(pk=project_id, memberships__user=user).first()
     form = SetPasswordForm(user, request.POST or None)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        members.invitation_accept(user=user, project=project)
+        with transaction.atomic():  # a password set but an account left inactive: locked out
+            form.save()
+            members.invitation_accept(user=user, project=project)
         login(request, user, backend=LOGIN_BACKEND)
         messages.success(request, f"Welcome, {user.get_username()}. Your password is set.")
-        if Membership.objects.filter(project=project, user=user).exists():
-            return redirect("project-detail", project.pk)
-        return redirect("project-list")
+        return redirect("project-detail", project.pk) if project else redirect("project-list")
     context = {"form": form, "project": project, "invited": user}
     return render(
         request, "registration/invite_accept.html", context, status=400 if form.errors else 200

@@ -367,6 +367,15 @@ def test_a_project_name_with_a_line_break_still_sends(people, client_for):
     assert mail.outbox[0].subject.endswith("Breast biopsies")
 
 
+def test_another_project_id_in_the_link_reveals_no_project(people, client_for):
+    _invite(people, client_for)
+    link = _link(mail.outbox[0])
+    other = link.replace(f"/projects/{people.project.pk}/", f"/projects/{people.other_project.pk}/")
+    page = client_for(None).get(other)
+    assert page.status_code == 200 and b"Melanoma photos" not in page.content
+    assert b"Join MedAnnot" in page.content
+
+
 def test_a_forged_or_mangled_link_does_nothing(people, client_for):
     _invite(people, client_for)
     link = _link(mail.outbox[0])
