@@ -7,6 +7,7 @@ from annotations.models import (
     MAX_READINGS,
     MIN_READINGS,
     Decision,
+    Role,
     SentinelExpected,
     correction_categories_clean,
     sentinel_share_clean,
@@ -282,3 +283,21 @@ class AdjudicationForm(forms.Form):
         if data.get("decision") == Decision.REJECTED and not (data.get("reason") or "").strip():
             self.add_error("reason", "Say why the draft is rejected.")
         return data
+
+
+class MemberAddForm(forms.Form):
+    """A project admin adds a member by user name or e-mail; a new e-mail is invited."""
+
+    who = forms.CharField(
+        label="User name or e-mail",
+        max_length=254,
+        help_text="Someone without an account yet gets an e-mail inviting them to set a password.",
+    )
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.PATHOLOGIST)
+
+
+class MemberRoleForm(forms.Form):
+    """A member's new role, or their removal, named by their user id."""
+
+    user = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
+    role = forms.ChoiceField(label="Role", choices=Role.choices, required=False)

@@ -313,6 +313,26 @@ MEDANNOT_EXPORT_DAYS = envint("MEDANNOT_EXPORT_DAYS", "7")
 if MEDANNOT_EXPORT_DAYS < 1:
     raise ImproperlyConfigured("MEDANNOT_EXPORT_DAYS must be at least 1")
 
+# E-mail (member invitations): printed to the console in development; production names an
+# SMTP server. EMAIL_BACKEND may be any Django backend's dotted path.
+EMAIL_BACKEND = envstr(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", "25")
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "False")
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", "False")
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", "10")  # a mail server down must not hang a page
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "MedAnnot <medannot@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_SAMESITE = "Lax"

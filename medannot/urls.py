@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotations import api_admin, api_views, tus_views, views  # noqa: F401 (api_admin)
+from annotations import api_admin, api_views, tus_views, views, views_members  # noqa: F401
 from annotations.api import api
 
 urlpatterns = [
@@ -38,6 +38,26 @@ urlpatterns = [
     path("exports/<int:job_id>/", views.export_job, name="export-job"),
     path("exports/<int:job_id>/download/", views.export_download, name="export-download"),
     path("projects/<int:project_id>/settings/", views.project_settings, name="project-settings"),
+    path(
+        "projects/<int:project_id>/members/",
+        views_members.project_members,
+        name="project-members",
+    ),
+    path(
+        "projects/<int:project_id>/members/role/",
+        views_members.member_role,
+        name="member-role",
+    ),
+    path(
+        "projects/<int:project_id>/members/remove/",
+        views_members.member_remove,
+        name="member-remove",
+    ),
+    path(
+        "projects/<int:project_id>/join/<str:uidb64>/<str:token>/",
+        views_members.invite_accept,
+        name="invite-accept",
+    ),
     path("projects/<int:project_id>/sentinels/", views.project_sentinels, name="project-sentinels"),
     path(
         "projects/<int:project_id>/retry-failed/",

@@ -70,6 +70,10 @@ MATRIX = {
     "export-download":      (200,  200,  404,  403,  404,  403,  404,  302),
     "project-retry-failed": (302,  302,  404,  403,  404,  403,  404,  302),
     "project-sentinels":    (200,  200,  404,  403,  404,  403,  404,  302),
+    # members (test_members): the page, and a role changed or a member removed (redirects)
+    "project-members":      (200,  200,  404,  403,  404,  403,  404,  302),
+    "member-role":          (302,  302,  404,  403,  404,  403,  404,  302),
+    "member-remove":        (302,  302,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
     # project admins and the task's readers (test_history); nobody has read it here
     "task-history":         (200,  200,  404,  404,  404,  404,  404,  302),
@@ -113,7 +117,8 @@ MATRIX = {
 
 # Not in the matrix: open to everyone, tested below. The Django admin has its own checks.
 # The API's schema is public (test_api_schema); its root is a 404 (no docs page).
-PUBLIC = {"login", "logout", "healthz", "openapi-json", "api-root"}
+# An invitation's link carries its own one-time token (test_members).
+PUBLIC = {"login", "logout", "healthz", "openapi-json", "api-root", "invite-accept"}
 SKIPPED_NAMESPACES = {"admin"}
 
 JPEG_VIEWS = {"task-preview", "draft-region", "slide-tile"}
@@ -234,10 +239,15 @@ def _request(client, name: str, scene: Scene, user=None):
             | "project-export"
             | "project-settings"
             | "project-sentinels"
+            | "project-members"
         ):
             return client.get(reverse(name, args=[project_id]))
         case "project-retry-failed" | "review-start" | "review-undo":
             return client.post(reverse(name, args=[project_id]))
+        case "member-role" | "member-remove":
+            pathologist = scene.task.project.memberships.get(role=Role.PATHOLOGIST).user_id
+            data = {"user": pathologist, "role": Role.RESEARCHER}
+            return client.post(reverse(name, args=[project_id]), data)
         case "review-done" | "project-adjudication":
             return client.get(reverse(name, args=[project_id]))
         case "review-ahead":

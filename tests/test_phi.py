@@ -153,6 +153,9 @@ def _urls(client, name: str, pattern: URLPattern, task: Task) -> list[str]:
         **dict(zip(("batch_id", "upload_id"), _upload(task.project), strict=True)),
         # An API token (its revoke action is POST only).
         "token_id": [ApiToken.objects.values_list("pk", flat=True).first()],
+        # An invitation link (its page, once the link is spent, says so and shows nothing).
+        "uidb64": ["MQ"],
+        "token": ["spent-token"],
     }
     if not params:
         return [reverse(name)]
