@@ -19,6 +19,7 @@ from django.db.models import (
     Count,
     Exists,
     F,
+    Func,
     Max,
     OuterRef,
     Q,
@@ -71,6 +72,7 @@ SORTS = {
     "decided": "last_decision",
     "prompt": "prompt_version",
 }
+COMPUTED = {"n_readings", "last_decision", "prompt_version"}
 # Stands in for "no decision yet" in the sort: older than any decision.
 NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -287,14 +289,27 @@ class TaskPage:
     previous_cursor: str | None
 
 
+def _row(*expressions) -> Func:
+    return Func(*expressions, template="(%(expressions)s)")
+
+
 def _seek(tasks: QuerySet[Task], column: str, key, pk: int, *, forward: bool) -> QuerySet[Task]:
-    """Rows after (key, pk) in the order walked. The bound on the key alone lets the
-    database start its scan there; the OR then drops the rows of that key up to pk."""
+    """Rows after (key, pk) in the order walked, as one row comparison: a computed key (a
+    subquery) is then evaluated once a row, and the bound on the key alone lets the
+    database start an index scan there where one serves the order."""
     if column == "id":
         return tasks.filter(id__gt=pk) if forward else tasks.filter(id__lt=pk)
-    op = "gt" if forward else "lt"
-    bound = tasks.filter(**{f"{column}__{op}e": key})
-    return bound.filter(Q(**{f"{column}__{op}": key}) | Q(**{column: key, f"id__{op}": pk}))
+    op = ">" if forward else "<"
+    after = Func(
+        _row(F(column), F("id")),
+        _row(Value(key), Value(pk)),
+        arg_joiner=f" {op} ",
+        template="%(expressions)s",
+        output_field=BooleanField(),
+    )
+    if column in COMPUTED:  # no index to start from: a bound would only evaluate it again
+        return tasks.filter(after)
+    return tasks.filter(**{f"{column}__{'gte' if forward else 'lte'}": key}).filter(after)
 
 
 def task_page(
