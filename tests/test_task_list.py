@@ -575,3 +575,44 @@ def test_keyset_pages_walk_10000_tasks_without_a_gap(big, people, client_for, mo
     read = {t.pk for i, t in enumerate(big) if i % 7 == 0}
     assert set(flat[: len(read)]) == read  # the read ones first, then the rest
     assert flat[len(read) :] == sorted(set(flat) - read, reverse=True)
+
+
+# In a browser ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_htmx_swaps_the_table_pushes_the_url_and_meets_wcag(
+    live_server, people, monkeypatch
+):
+    browser_tests = pytest.importorskip("tests.test_browser")
+    if browser_tests.CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed")
+    monkeypatch.setattr(tasklist, "PER_PAGE", 2)
+    for name in ("alpha.svs", "beta.svs", "gamma.svs", "<b>delta</b>.svs"):
+        add_task(people.project, name, metadata={"organ": "breast"})
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with browser_tests.playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_tests.CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        csp = []
+        page.on("console", lambda m: csp.append(m.text) if "Content Security" in m.text else None)
+        browser_tests._log_in(page, live_server.url, "alice", "password")
+        page.goto(live_server.url + reverse("project-tasks", args=[people.project.pk]))
+        violations = browser_tests.run_axe(page)
+        assert not violations, [v["id"] for v in violations]
+        page.evaluate("window.notReloaded = true")
+        page.fill("#tl-q", "a.svs")  # alpha, beta, gamma (and not delta's "a</b>.svs")
+        page.click("#task-filters button[type=submit]")
+        page.wait_for_url(re.compile(r"q=a\.svs"))
+        page.click("a[rel=next]")
+        page.wait_for_url(re.compile(r"after="))
+        assert page.locator("#task-table tbody tr").count() == 1
+        assert "gamma.svs" in page.inner_text("#task-table")
+        assert page.evaluate("window.notReloaded === true")  # swapped, not reloaded
+        page.go_back()
+        page.wait_for_url(lambda u: "after=" not in u)
+        assert "alpha.svs" in page.inner_text("#task-table")
+        page.goto(live_server.url + reverse("project-tasks", args=[people.project.pk]) + "?q=delta")
+        assert "<b>delta</b>.svs" in page.inner_text("#task-table")  # shown as text
+        assert not csp, csp
+        browser.close()
