@@ -616,3 +616,12 @@ def test_in_a_browser_htmx_swaps_the_table_pushes_the_url_and_meets_wcag(
         assert "<b>delta</b>.svs" in page.inner_text("#task-table")  # shown as text
         assert not csp, csp
         browser.close()
+
+
+def test_the_migration_indexes_names_and_manifests(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+        indexes = dict(cursor.fetchall())
+    assert "jsonb_path_ops" in indexes["task_metadata_path"]
+    assert {"image_name_trgm", "image_name_lower"} & set(indexes)
+    assert "(project_id, id)" in indexes["task_project_id"]
