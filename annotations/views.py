@@ -42,6 +42,7 @@ from annotations import (
     sentinels,
     services,
     signatures,
+    tasklist,
     textdiff,
     tiles,
     uploads,
@@ -1292,3 +1293,49 @@ def slide_tile(request: HttpRequest, image_id: int, level: int, col: int, row: i
 
 def _plain(text: str, status: int) -> HttpResponse:
     return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
+
+
+@require_GET
+@login_required
+def task_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The project's tasks, searched, filtered and sorted from the URL, a keyset page at a
+    time: a shared link shows the same view, and page 1,000 costs what page 1 does."""
+    project = project_for_user(request.user, project_id)
+    granted = capabilities(request.user, project)
+    blind = tasklist.reads_blind(granted)
+    f = tasklist.filter_from(request.GET, categories=project.correction_categories)
+    tasks = tasklist.tasks_matching(project, f, user=request.user, blind=blind)
+    page = tasklist.task_page(
+        tasks, f, after=request.GET.get("after", ""), before=request.GET.get("before", "")
+    )
+    context = {
+        "project": project,
+        "f": f,
+        "page": page,
+        "query": urlencode(f.params(), doseq=True),
+        "sort_links": _sort_links(f),
+        "next_query": urlencode(f.params(after=page.next_cursor), doseq=True),
+        "previous_query": urlencode(f.params(before=page.previous_cursor), doseq=True),
+        "reviewers": tasklist.reviewer_choices(project, request.user, blind=blind),
+        "blind": blind,
+        "state_choices": TaskState.choices,
+        "review_choices": tasklist.REVIEW_CHOICES,
+        "flag_choices": tasklist.FLAGS,
+        "date_of_choices": tasklist.DATE_OF,
+    }
+    template = "annotations/task_list.html"
+    if request.htmx and request.htmx.target == "task-table":
+        template += "#table"
+    return render(request, template, context)
+
+
+def _sort_links(f) -> dict[str, dict]:
+    """Each column's sort link (the same column again turns the order round) and its
+    aria-sort value."""
+    links = {}
+    for column in tasklist.SORTS:
+        current = f.sort == column
+        query = f.params(sort=column, dir="" if current and f.desc else "desc" if current else "")
+        order = ("descending" if f.desc else "ascending") if current else "none"
+        links[column] = {"query": urlencode(query, doseq=True), "aria": order}
+    return links

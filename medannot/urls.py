@@ -11,6 +11,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/<int:project_id>/", views.project_detail, name="project-detail"),
     path("projects/<int:project_id>/status/", views.project_status, name="project-status"),
+    path("projects/<int:project_id>/tasks/", views.task_list, name="project-tasks"),
     path("projects/<int:project_id>/upload/", views.project_upload, name="project-upload"),
     path("projects/<int:project_id>/uploads/tus/", tus_views.tus_create, name="tus-create"),
     path(

@@ -53,6 +53,8 @@ MATRIX = {
     "project-list":         (200,  200,  200,  200,  200,  200,  200,  302),
     "project-detail":       (200,  200,  404,  200,  404,  200,  404,  302),
     "project-status":       (200,  200,  404,  200,  404,  200,  404,  302),
+    # the searchable task list (test_task_list): whoever sees the project page
+    "project-tasks":        (200,  200,  404,  200,  404,  200,  404,  302),
     "project-upload":       (200,  200,  404,  403,  404,  200,  404,  302),
     # resumable uploads (test_tus, test_upload_batches): an upload, and finishing a batch,
     # are their sender's (the researcher's) alone; its report is for the project's uploaders
@@ -235,6 +237,7 @@ def _request(client, name: str, scene: Scene, user=None):
         case (
             "project-detail"
             | "project-status"
+            | "project-tasks"
             | "project-upload"
             | "project-export"
             | "project-settings"
