@@ -96,6 +96,8 @@ PINNED: dict[str, dict] = {
         "dest": "chart.js",
         "files": {
             "dist/chart.umd.min.js": "chart.umd.min.js",
+            # The map its last line names (collectstatic resolves it).
+            "dist/chart.umd.min.js.map": "chart.umd.min.js.map",
             "LICENSE.md": "LICENSE.md",
         },
         "dirs": {},
