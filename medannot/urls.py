@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotations import api_admin, api_views, tus_views, views  # noqa: F401 (api_admin)
+from annotations import api_admin, api_views, tus_views, views, views_insights  # noqa: F401 (api_admin)
 from annotations.api import api
 
 urlpatterns = [
@@ -39,6 +39,16 @@ urlpatterns = [
     path("exports/<int:job_id>/download/", views.export_download, name="export-download"),
     path("projects/<int:project_id>/settings/", views.project_settings, name="project-settings"),
     path("projects/<int:project_id>/sentinels/", views.project_sentinels, name="project-sentinels"),
+    path(
+        "projects/<int:project_id>/insights/",
+        views_insights.project_insights,
+        name="project-insights",
+    ),
+    path(
+        "projects/<int:project_id>/insights/<slug:plot>.csv",
+        views_insights.project_insights_csv,
+        name="project-insights-csv",
+    ),
     path(
         "projects/<int:project_id>/retry-failed/",
         views.project_retry_failed,

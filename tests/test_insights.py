@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from datetime import UTC
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -184,3 +185,139 @@ def test_the_median_is_estimated_from_the_histogram():
     # 10 readings between 10 and 20 s: the median lies in that bucket.
     assert 10 <= insights.histogram_median({"10": 10}, insights.TIME_BUCKETS) <= 20
     assert insights.histogram_median({}, insights.TIME_BUCKETS) is None
+
+
+# The page --------------------------------------------------------------------------------
+
+
+def insights_url(project) -> str:
+    return reverse("project-insights", args=[project.pk])
+
+
+def csv_url(project, plot: str) -> str:
+    return reverse("project-insights-csv", args=[project.pk, plot])
+
+
+def some_readings(people, n: int = 3):
+    project = people.project
+    for i in range(n):
+        task = make_drafted_task(project)
+        services.label_record(
+            task_id=task.pk,
+            reviewer=people.pathologist,
+            decision=Decision.ACCEPTED if i % 2 == 0 else Decision.EDITED,
+            text="Invasive lobular carcinoma, grade 2.",
+            category=project.correction_categories[0] if i % 2 else "",
+            draft_id=task.latest_draft().pk,
+            time_on_task_ms=1000 * (i + 3),
+        )
+    return project
+
+
+@pytest.mark.parametrize(
+    ("persona", "status"),
+    [
+        ("project_admin", 200),
+        ("researcher", 200),
+        ("superuser", 200),
+        ("pathologist", 403),
+        ("other_admin", 404),
+        ("outsider", 404),
+    ],
+)
+def test_only_admins_and_researchers_see_the_insights(people, client_for, persona, status):
+    project = some_readings(people, 1)
+    client = client_for(getattr(people, persona))
+    assert client.get(insights_url(project)).status_code == status
+    assert client.get(csv_url(project, "decisions")).status_code == status
+
+
+def test_anonymous_users_are_sent_to_log_in(people, client_for):
+    response = client_for(None).get(insights_url(people.project))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_it_rejects_post(people, client_for):
+    client = client_for(people.project_admin)
+    assert client.post(insights_url(people.project)).status_code == 405
+
+
+def test_the_page_shows_each_plot_with_its_text_and_csv(people, client_for):
+    project = some_readings(people)
+    page = client_for(people.researcher).get(insights_url(project)).text
+    for key in ("decisions", "edits", "categories", "time", "readers", "sentinels", "queue"):
+        assert f'data-plot="{key}"' in page
+        assert csv_url(project, key) in page
+    assert 'id="insights-data"' in page and "<figcaption>" in page
+    assert "3 readings over 1 day(s): 2 accepted" in page
+    assert "<script>" not in page.replace('<script id="insights-data"', "")
+
+
+def test_a_poll_gets_the_figures_alone(people, client_for):
+    project = some_readings(people, 1)
+    response = client_for(people.project_admin).get(insights_url(project), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert 'id="insights-figures"' in response.text and "<html" not in response.text
+
+
+def test_a_plots_csv_has_its_data(people, client_for):
+    project = some_readings(people)
+    response = client_for(people.project_admin).get(csv_url(project, "decisions"))
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == ["Day", "Accepted", "Edited", "Rejected"]
+    assert [int(x) for x in rows[1][1:]] == [2, 1, 0]
+
+
+def test_the_study_summary_downloads_with_its_intervals(people, client_for):
+    project = some_readings(people, 4)
+    response = client_for(people.project_admin).get(csv_url(project, "summary"))
+    rows = {r[0]: r for r in csv.reader(io.StringIO(response.content.decode()))}
+    rate = insights.wilson(2, 4)
+    assert rows["Acceptance rate"][1:5] == [
+        "50.0 %",
+        f"{rate.low * 100:.1f} %",
+        f"{rate.high * 100:.1f} %",
+        "4",
+    ]
+    assert rows["ROUGE-L"][1] == "—"
+
+
+def test_an_unknown_plot_is_not_found(people, client_for):
+    client = client_for(people.project_admin)
+    assert client.get(csv_url(people.project, "nothing")).status_code == 404
+
+
+def test_names_with_html_are_escaped_and_csv_cells_cannot_run(people, client_for):
+    project = people.project
+    sly = get_user_model().objects.create_user("=cmd|'/c calc'!A1<b>x</b>", password="p")
+    services.membership_set(project=project, user=sly, role="pathologist")
+    task = make_drafted_task(project)
+    services.label_record(
+        task_id=task.pk, reviewer=sly, decision="accepted", draft_id=task.latest_draft().pk
+    )
+    page = client_for(people.project_admin).get(insights_url(project)).text
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    body = client_for(people.project_admin).get(csv_url(project, "readers")).content.decode()
+    assert "\n'=cmd" in body.replace("\r", "")
+
+
+def test_the_page_reads_rollups_whatever_the_projects_size(people, client_for):
+    project = some_readings(people, 2)
+    client = client_for(people.project_admin)
+    client.get(insights_url(project))  # sessions, caches
+
+    def queries() -> list[str]:
+        with CaptureQueriesContext(connection) as seen:
+            assert client.get(insights_url(project)).status_code == 200
+        return [q["sql"] for q in seen.captured_queries]
+
+    small = queries()
+    some_readings(people, 6)
+    for _ in range(20):
+        make_task(project)
+    big = queries()
+    assert len(big) == len(small) <= 12
+    for sql in big:
+        assert "annotations_label" not in sql and '"annotations_task"' not in sql

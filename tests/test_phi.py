@@ -153,6 +153,8 @@ def _urls(client, name: str, pattern: URLPattern, task: Task) -> list[str]:
         **dict(zip(("batch_id", "upload_id"), _upload(task.project), strict=True)),
         # An API token (its revoke action is POST only).
         "token_id": [ApiToken.objects.values_list("pk", flat=True).first()],
+        # The insights page's CSVs: a plot's and the study summary.
+        "plot": ["readers", "summary"],
     }
     if not params:
         return [reverse(name)]
