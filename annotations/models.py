@@ -917,9 +917,7 @@ class ReviewDay(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["project", "reviewer", "day"], name="reviewday_once"
-            ),
+            models.UniqueConstraint(fields=["project", "reviewer", "day"], name="reviewday_once"),
         ]
 
     def __str__(self) -> str:

@@ -2081,7 +2081,10 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
         draft = Draft.objects.create(task=task, attempt=attempt, **fields)
         task_transition(task_id=task_id, to=S.DRAFTED)
         insights.draft_day_add(
-            task.project_id, draft.created_at, seconds=draft.seconds_total, truncated=draft.truncated
+            task.project_id,
+            draft.created_at,
+            seconds=draft.seconds_total,
+            truncated=draft.truncated,
         )
         return draft
 

@@ -15,57 +15,93 @@ def backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotations', '0022_audit_chain'),
+        ("annotations", "0022_audit_chain"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DraftDay',
+            name="DraftDay",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('drafts', models.BigIntegerField(default=0)),
-                ('truncated', models.BigIntegerField(default=0)),
-                ('seconds', models.FloatField(default=0)),
-                ('seconds_sq', models.FloatField(default=0)),
-                ('failed', models.BigIntegerField(default=0)),
-                ('failures', models.JSONField(default=dict)),
-                ('first_at', models.DateTimeField(null=True)),
-                ('last_at', models.DateTimeField(null=True)),
-                ('queue_max', models.BigIntegerField(default=0)),
-                ('queue_last', models.BigIntegerField(default=0)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotations.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("day", models.DateField()),
+                ("drafts", models.BigIntegerField(default=0)),
+                ("truncated", models.BigIntegerField(default=0)),
+                ("seconds", models.FloatField(default=0)),
+                ("seconds_sq", models.FloatField(default=0)),
+                ("failed", models.BigIntegerField(default=0)),
+                ("failures", models.JSONField(default=dict)),
+                ("first_at", models.DateTimeField(null=True)),
+                ("last_at", models.DateTimeField(null=True)),
+                ("queue_max", models.BigIntegerField(default=0)),
+                ("queue_last", models.BigIntegerField(default=0)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="annotations.project",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('project', 'day'), name='draftday_once')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("project", "day"), name="draftday_once")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ReviewDay',
+            name="ReviewDay",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('readings', models.BigIntegerField(default=0)),
-                ('accepted', models.BigIntegerField(default=0)),
-                ('edited', models.BigIntegerField(default=0)),
-                ('rejected', models.BigIntegerField(default=0)),
-                ('fast_accepts', models.BigIntegerField(default=0)),
-                ('timed', models.BigIntegerField(default=0)),
-                ('time_ms', models.BigIntegerField(default=0)),
-                ('time_ms_sq', models.FloatField(default=0)),
-                ('time_hist', models.JSONField(default=dict)),
-                ('edit_words', models.BigIntegerField(default=0)),
-                ('edit_words_sq', models.FloatField(default=0)),
-                ('edit_hist', models.JSONField(default=dict)),
-                ('categories', models.JSONField(default=dict)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotations.project')),
-                ('reviewer', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("day", models.DateField()),
+                ("readings", models.BigIntegerField(default=0)),
+                ("accepted", models.BigIntegerField(default=0)),
+                ("edited", models.BigIntegerField(default=0)),
+                ("rejected", models.BigIntegerField(default=0)),
+                ("fast_accepts", models.BigIntegerField(default=0)),
+                ("timed", models.BigIntegerField(default=0)),
+                ("time_ms", models.BigIntegerField(default=0)),
+                ("time_ms_sq", models.FloatField(default=0)),
+                ("time_hist", models.JSONField(default=dict)),
+                ("edit_words", models.BigIntegerField(default=0)),
+                ("edit_words_sq", models.FloatField(default=0)),
+                ("edit_hist", models.JSONField(default=dict)),
+                ("categories", models.JSONField(default=dict)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="annotations.project",
+                    ),
+                ),
+                (
+                    "reviewer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('project', 'reviewer', 'day'), name='reviewday_once')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("project", "reviewer", "day"), name="reviewday_once"
+                    )
+                ],
             },
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
