@@ -208,11 +208,16 @@ WHERE action = 'task.state' AND after ->> 'state' = 'failed'
 def recount(project_ids: Iterable[int] | None = None, *, using=None) -> None:
     """Rebuild the rollups of `project_ids` (None: every project) from the labels, the
     drafts and the failures' audit rows (queue depths seen are not kept anywhere else and
-    start again at zero). Plain SQL, so that a migration can call it."""
+    start again at zero). Plain SQL, so that a migration can call it. A repair: writes to
+    the rollups (decisions, drafts) wait until it commits."""
     conn = using or connection
     ids = None if project_ids is None else sorted(set(project_ids))
     scope = [ids is None, ids or []]
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        # Decisions and drafts wait while the rows are rebuilt: none is lost or counted twice.
+        cursor.execute(
+            "LOCK TABLE annotations_reviewday, annotations_draftday IN SHARE ROW EXCLUSIVE MODE"
+        )
         cursor.execute("DELETE FROM annotations_reviewday WHERE %s OR project_id = ANY(%s)", scope)
         cursor.execute("DELETE FROM annotations_draftday WHERE %s OR project_id = ANY(%s)", scope)
         cursor.execute(_LABELS, scope)
