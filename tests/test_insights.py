@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from annotations import insights, services
 from annotations.models import Decision, Draft, DraftDay, Label, Project, ReviewDay, TaskState
-from tests.factories import make_drafted_task, make_task
+from tests.factories import draft_fields, make_drafted_task, make_task
 
 NUMBERS = insights.NUMBER_FIELDS
 
@@ -106,6 +106,13 @@ def random_review(people, seed: int):
     tasks = [make_drafted_task(project, text="Benign breast tissue with fibrosis.")]
     for _ in range(11):
         tasks.append(make_drafted_task(project, text=rng.choice(["A b c d.", "One two three."])))
+    for _ in range(3):  # truncated drafts, with their seconds
+        queued = make_task(project, state=TaskState.QUEUED)
+        claimed = services.task_claim(task_id=queued.pk)
+        fields = draft_fields(text="Cut", truncated=True, seconds_total=rng.random() * 30)
+        services.draft_record(task_id=queued.pk, attempt=claimed.attempt, fields=fields)
+        queued.refresh_from_db()
+        tasks.append(queued)
     failing = make_task(project, state=TaskState.QUEUED)
     claimed = services.task_claim(task_id=failing.pk)
     services.draft_fail(task_id=failing.pk, attempt=claimed.attempt, error="CUDA out of memory\nx")
@@ -146,6 +153,7 @@ def test_the_rollups_match_a_direct_count_on_random_data(people, seed):
     assert Label.objects.filter(task__project=project).exists()
     assert close(rolled_review(project), direct_review(project))
     assert close(rolled_drafts(project), direct_drafts(project))
+    assert sum(r["truncated"] for r in rolled_drafts(project).values()) == 3
     failures = DraftDay.objects.filter(project=project).values_list("failures", flat=True)
     assert sum(Counter(f)["CUDA out of memory"] for f in failures) == 1
 
@@ -321,3 +329,48 @@ def test_the_page_reads_rollups_whatever_the_projects_size(people, client_for):
     assert len(big) == len(small) <= 12
     for sql in big:
         assert "annotations_label" not in sql and '"annotations_task"' not in sql
+
+
+def test_a_changed_decision_moves_its_figures_and_an_undo_takes_them_back(people):
+    project = people.project
+    task = make_drafted_task(project)
+    reader = people.pathologist
+    draft_id = task.latest_draft().pk
+
+    def day() -> dict:
+        row = ReviewDay.objects.get(project=project, reviewer=reader)
+        return {n: getattr(row, n) for n in ("readings", "accepted", "rejected")} | {
+            "categories": row.categories
+        }
+
+    services.label_record(task_id=task.pk, reviewer=reader, decision="accepted", draft_id=draft_id)
+    assert day() == {"readings": 1, "accepted": 1, "rejected": 0, "categories": {}}
+    services.label_record(
+        task_id=task.pk,
+        reviewer=reader,
+        decision="rejected",
+        reason="Wrong organ.",
+        category="missed finding",
+        draft_id=draft_id,
+        label_revision=1,
+    )
+    rejected = {"readings": 1, "accepted": 0, "rejected": 1, "categories": {"missed finding": 1}}
+    assert day() == rejected
+    services.label_undo(task_id=task.pk, reviewer=reader)
+    assert day() == {"readings": 1, "accepted": 1, "rejected": 0, "categories": {}}
+    second = make_drafted_task(project)  # a first decision undone: its reading goes
+    services.label_record(
+        task_id=second.pk, reviewer=reader, decision="accepted", draft_id=second.latest_draft().pk
+    )
+    assert day()["readings"] == 2
+    services.label_undo(task_id=second.pk, reviewer=reader)
+    assert day() == {"readings": 1, "accepted": 1, "rejected": 0, "categories": {}}
+
+
+def test_the_project_page_links_to_the_insights_for_those_who_may_see_them(people, client_for):
+    project = people.project
+    url = insights_url(project)
+    detail = reverse("project-detail", args=[project.pk])
+    assert url in client_for(people.researcher).get(detail).text
+    assert url in client_for(people.project_admin).get(detail).text
+    assert url not in client_for(people.pathologist).get(detail).text
