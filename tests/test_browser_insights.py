@@ -78,4 +78,22 @@ def test_the_dashboard_draws_every_plot_downloads_a_csv_and_passes_axe(
     assert download.value.suggested_filename == f"project-{project.pk}-decisions.csv"
     page.locator("#plot-decisions summary").click()  # the data table, opened
     assert run_axe(page) == []
+    # The poll's swap (asked now rather than in 60 s): new figures, drawn again, no reload.
+    page.evaluate("() => { window.notReloaded = true; }")
+    paul = django_user_model.objects.get(username="paul")
+    task = make_drafted_task(project)
+    services.label_record(
+        task_id=task.pk, reviewer=paul, decision="accepted", draft_id=task.latest_draft().pk
+    )
+    page.evaluate(
+        """(url) => htmx.ajax('GET', url, {target: '#insights-figures', swap: 'outerHTML'})""",
+        reverse("project-insights", args=[project.pk]),
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#plot-decisions canvas').getAttribute('aria-label')"
+        ".includes('7 readings')"
+    )
+    drawn = page.locator("canvas[data-plot='decisions']").evaluate(PAINTED)
+    assert drawn["chart"] and drawn["painted"] > 100
+    assert page.evaluate("() => window.notReloaded") is True
     assert problems == []
