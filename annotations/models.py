@@ -884,3 +884,68 @@ class ExportedTask(models.Model):
 
     def __str__(self) -> str:
         return f"Task {self.task_id} in export {self.job_id}"
+
+
+class ReviewDay(models.Model):
+    """One reader's decisions in a project, by the day each reading was first made (UTC),
+    as they stand now: a changed decision moves from its old figures to its new ones, an
+    undo takes it back. Kept by the decision's own statement (`annotations.insights`), so the
+    insights page sums these rows and never reads labels. Times and edit sizes keep sums,
+    sums of squares and histograms (a median cannot be summed: it is estimated from the
+    histogram)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    day = models.DateField()
+    readings = models.BigIntegerField(default=0)
+    accepted = models.BigIntegerField(default=0)
+    edited = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    fast_accepts = models.BigIntegerField(default=0)
+    # Readings with a known time on task, and its sum and sum of squares (milliseconds).
+    timed = models.BigIntegerField(default=0)
+    time_ms = models.BigIntegerField(default=0)
+    time_ms_sq = models.FloatField(default=0)
+    time_hist = models.JSONField(default=dict)  # {bucket: readings}, insights.TIME_BUCKETS
+    # Kept texts (accepted or edited) with an edit size in words: sum, squares, histogram.
+    edit_words = models.BigIntegerField(default=0)
+    edit_words_sq = models.FloatField(default=0)
+    edit_hist = models.JSONField(default=dict)  # {bucket: readings}, insights.EDIT_BUCKETS
+    categories = models.JSONField(default=dict)  # {correction category: readings}
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "reviewer", "day"], name="reviewday_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Readings of {self.reviewer_id} in {self.project_id} on {self.day}"
+
+
+class DraftDay(models.Model):
+    """A project's drafting on one day (UTC): drafts stored (by their creation), truncated,
+    seconds per draft (sum and squares), failures by reason, and the queue depth seen at
+    each drafting write. Kept with the draft's or the failure's own write."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    drafts = models.BigIntegerField(default=0)
+    truncated = models.BigIntegerField(default=0)
+    seconds = models.FloatField(default=0)
+    seconds_sq = models.FloatField(default=0)
+    failed = models.BigIntegerField(default=0)
+    failures = models.JSONField(default=dict)  # {reason (first line, short): failures}
+    first_at = models.DateTimeField(null=True)
+    last_at = models.DateTimeField(null=True)
+    queue_max = models.BigIntegerField(default=0)
+    queue_last = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "day"], name="draftday_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Drafting of {self.project_id} on {self.day}"

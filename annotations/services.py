@@ -29,7 +29,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 import imaging
-from annotations import agreement, backfills, counters, hotsql, messages
+from annotations import agreement, backfills, counters, hotsql, insights, messages
 from annotations.models import (
     TO_READ,
     Adjudication,
@@ -162,6 +162,8 @@ def task_transition(
             (before["state"], task.review_state, task.outcome),
             (to, task.review_state, task.outcome),
         )
+        if to == S.FAILED:  # the insights' drafting failures, by reason
+            insights.draft_day_add(task.project_id, timezone.now(), error=error)
         after = {"state": to} | ({"error": error} if error else {})
         audit_record(
             action="task.state", actor=actor, task=task, before=before, after=after, reason=reason
@@ -1096,6 +1098,7 @@ def _label_write(
         renew=renew,
         saving=label,
         commit=commit,
+        reading=(label, before, _label_state(label)),
     )
     return label, renewed
 
@@ -1259,6 +1262,7 @@ def _review_settle(
     renew: int | None = None,
     saving: Label | None = None,
     commit: bool = False,
+    reading: tuple[Label, dict | None, dict | None] | None = None,
 ) -> bool:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
@@ -1267,7 +1271,9 @@ def _review_settle(
     reader's claim on `renew` (a task claimed ahead: whether they still hold it is
     returned), drop the reader's
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
-    locked and annotated by `_task_for_decision`. `commit`: see `_execute_together`."""
+    locked and annotated by `_task_for_decision`. `commit`: see `_execute_together`.
+    `reading`: (label, its state before, after) of a reading that changed, for the
+    insights rollups (one more UPSERT in the same statement)."""
     project = task.project
     state, outcome = review_of(
         readings,
@@ -1305,6 +1311,13 @@ def _review_settle(
         parts.append(counted_part)
     if labels:
         parts.append(counters.reader_add_sql(project.pk, reader, labels))
+    if reading is not None:
+        changed, was, now = reading
+        delta = insights.figures_delta(was, now)
+        if delta:
+            parts.append(
+                insights.review_day_sql(project.pk, changed.reviewer_id, changed.created_at, delta)
+            )
     if cells_before is not None:
         cells = agreement.cells_delta(cells_before, _agreement_cells(readings, project))
         if cells:
@@ -1513,6 +1526,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
             labels=-1 if restored is None else 0,
             reader=reviewer.pk,
             cells_before=cells_before,
+            reading=(label, current, restored),
         )
         Claim.objects.update_or_create(
             task_id=task.pk,
@@ -2073,6 +2087,12 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
             return None
         draft = Draft.objects.create(task=task, attempt=attempt, **fields)
         task_transition(task_id=task_id, to=S.DRAFTED)
+        insights.draft_day_add(
+            task.project_id,
+            draft.created_at,
+            seconds=draft.seconds_total,
+            truncated=draft.truncated,
+        )
         return draft
 
 

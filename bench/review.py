@@ -12,7 +12,8 @@ Django's test Client, as a logged-in pathologist, with production settings (DEBU
   the browser, the page first asks for the next task to be claimed and rendered ahead
   (`review-ahead`, timed apart as render_ahead: the reviewer is reading meanwhile); then
   --decisions / 2 "cold" decisions, without it (the decision claims and renders);
-- the project list, the project page and the review page (--pages requests each);
+- the project list, the project page, the review page and the insights page (--pages
+  requests each);
 - a trivial view behind login_required (bench/review_urls.py): the baseline.
 
 It prints the EXPLAIN (ANALYZE, BUFFERS) of the claim query on the big project. The last
@@ -227,10 +228,11 @@ def summary(ms: list[float]) -> dict:
 TASK_IN_AREA = re.compile(r'id="review-area" data-task="(\d+)"')
 
 
-def measure(loaded: dict[str, dict], client, args) -> dict[str, dict]:
+def measure(loaded: dict[str, dict], client, args, study_client=None) -> dict[str, dict]:
     """The figures of each project. Requests alternate between the projects (and the
     trivial view), so that a busy machine slows both sides alike. The statements of a
-    decision are counted after the timed ones, in `COUNTED` more decisions."""
+    decision are counted after the timed ones, in `COUNTED` more decisions. The insights
+    page is asked by `study_client` (a researcher of both: a pathologist may not see it)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
@@ -286,20 +288,22 @@ def measure(loaded: dict[str, dict], client, args) -> dict[str, dict]:
         }
         for label in loaded
     }
-    for page in ("project_list", "project_page", "review_page", "trivial"):
+    for page in ("project_list", "project_page", "review_page", "insights", "trivial"):
         urls = {
             label: {
                 "project_list": reverse("project-list"),
                 "project_page": reverse("project-detail", args=[one["project"].pk]),
                 "review_page": reverse("task-detail", args=[at[label]]),
+                "insights": reverse("project-insights", args=[one["project"].pk]),
                 "trivial": reverse("bench-trivial"),
             }[page]
             for label, one in loaded.items()
         }
         took_ms = {label: [] for label in loaded}
+        asking = study_client if page == "insights" else client
         for k in range(5 + args.pages):
             for label, url in urls.items():
-                took, response = timed(lambda: client.get(url))  # noqa: B023
+                took, response = timed(lambda: asking.get(url))  # noqa: B023
                 assert response.status_code == 200, (url, response.status_code)
                 if k >= 5:
                     took_ms[label].append(took)
@@ -343,6 +347,14 @@ def main() -> None:
         print(f"loaded {n} drafted tasks in {ms / 1000:.1f} s: {loaded[label]['load_s']}")
     client = Client()
     client.force_login(reviewer)
+    from annotations import services
+    from annotations.models import Role
+
+    researcher = get_user_model().objects.create_user("bench-researcher", password="x")
+    for one in loaded.values():
+        services.membership_set(project=one["project"], user=researcher, role=Role.RESEARCHER)
+    study_client = Client()
+    study_client.force_login(researcher)
     plain_static = {  # no collectstatic needed: static URLs are not what is measured
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -350,14 +362,14 @@ def main() -> None:
     with override_settings(
         ROOT_URLCONF="bench.review_urls", ALLOWED_HOSTS=["*"], STORAGES=plain_static
     ):
-        results = measure(loaded, client, args)
+        results = measure(loaded, client, args, study_client)
     print("EXPLAIN ANALYZE of the claim query, 1M project:")
     print(explain_claim(loaded["1m"]["project"], reviewer))
     for label, figures in results.items():
         print(label, json.dumps(figures))
     big, small = results["1m"], results["10k"]
     trivial = max(big["trivial"]["p95_ms"], 1e-9)
-    pages = ("project_list", "project_page", "review_page")
+    pages = ("project_list", "project_page", "review_page", "insights")
     out = {
         "p50_ms": big["decide_and_next"]["p50_ms"],
         "p95_ms": big["decide_and_next"]["p95_ms"],

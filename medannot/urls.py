@@ -2,7 +2,14 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotations import api_admin, api_views, tus_views, views, views_members  # noqa: F401
+from annotations import (  # noqa: F401 (api_admin)
+    api_admin,
+    api_views,
+    tus_views,
+    views,
+    views_insights,
+    views_members,
+)
 from annotations.api import api
 
 urlpatterns = [
@@ -60,6 +67,16 @@ urlpatterns = [
         name="invite-accept",
     ),
     path("projects/<int:project_id>/sentinels/", views.project_sentinels, name="project-sentinels"),
+    path(
+        "projects/<int:project_id>/insights/",
+        views_insights.project_insights,
+        name="project-insights",
+    ),
+    path(
+        "projects/<int:project_id>/insights/<slug:plot>.csv",
+        views_insights.project_insights_csv,
+        name="project-insights-csv",
+    ),
     path(
         "projects/<int:project_id>/retry-failed/",
         views.project_retry_failed,

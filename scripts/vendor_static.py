@@ -87,6 +87,21 @@ PINNED: dict[str, dict] = {
         },
         "dirs": {},
     },
+    # The insights dashboard's plots: the UMD build needs no bundler and no eval (strict CSP).
+    "chart.js": {
+        "version": "4.5.1",
+        "integrity": (
+            "sha512-GIjfiT9dbmHRiYi6Nl2yFCq7kkwdkp1W/lp2J99rX0yo9tgJGn3lKQATztIjb5tVtevcBtIdICNWqlq5+E8/Pw=="
+        ),
+        "dest": "chart.js",
+        "files": {
+            "dist/chart.umd.min.js": "chart.umd.min.js",
+            # The map its last line names (collectstatic resolves it).
+            "dist/chart.umd.min.js.map": "chart.umd.min.js.map",
+            "LICENSE.md": "LICENSE.md",
+        },
+        "dirs": {},
+    },
 }
 
 # Loaded by the browser tests only (tests/vendor/, never collected as static files).

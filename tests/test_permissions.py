@@ -76,6 +76,9 @@ MATRIX = {
     "project-members":      (200,  200,  404,  403,  404,  403,  404,  302),
     "member-role":          (302,  302,  404,  403,  404,  403,  404,  302),
     "member-remove":        (302,  302,  404,  403,  404,  403,  404,  302),
+    # the insights dashboard and its CSVs (test_insights): admins and researchers
+    "project-insights":     (200,  200,  404,  403,  404,  200,  404,  302),
+    "project-insights-csv": (200,  200,  404,  403,  404,  200,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
     # project admins and the task's readers (test_history); nobody has read it here
     "task-history":         (200,  200,  404,  404,  404,  404,  404,  302),
@@ -245,6 +248,10 @@ def _request(client, name: str, scene: Scene, user=None):
             | "project-members"
         ):
             return client.get(reverse(name, args=[project_id]))
+        case "project-insights":
+            return client.get(reverse(name, args=[project_id]))
+        case "project-insights-csv":
+            return client.get(reverse(name, args=[project_id, "decisions"]))
         case "project-retry-failed" | "review-start" | "review-undo":
             return client.post(reverse(name, args=[project_id]))
         case "member-role" | "member-remove":

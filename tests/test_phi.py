@@ -156,6 +156,8 @@ def _urls(client, name: str, pattern: URLPattern, task: Task) -> list[str]:
         # An invitation link (its page, once the link is spent, says so and shows nothing).
         "uidb64": ["MQ"],
         "token": ["spent-token"],
+        # The insights page's CSVs: a plot's and the study summary.
+        "plot": ["readers", "summary"],
     }
     if not params:
         return [reverse(name)]

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from annotations import insights
 from annotations.counters import recount
 from annotations.models import Project
 from annotations.services import agreement_recount
@@ -8,7 +9,8 @@ from annotations.services import agreement_recount
 class Command(BaseCommand):
     help = (
         "Recompute the per-project counters (tasks by state and review, labels, each "
-        "reader's labels, the agreement between readers) from the rows: a repair."
+        "reader's labels, the agreement between readers) and the insights rollups (readings and "
+        "drafting by day) from the rows: a repair."
     )
 
     def add_arguments(self, parser):
@@ -19,4 +21,5 @@ class Command(BaseCommand):
         projects = Project.objects.filter(readings_per_task__gt=1)
         for project in projects.filter(pk__in=project_ids) if project_ids else projects:
             agreement_recount(project)
+        insights.recount(project_ids or None)
         self.stdout.write(f"Recounted {n} project{'s' if n != 1 else ''}.")
