@@ -103,10 +103,19 @@ def _json_add(table: str, column: str) -> str:
 
 
 _REVIEW_COLUMNS = ", ".join((*NUMBER_FIELDS, *JSON_FIELDS))
+# The figures go as one JSON parameter: the decision's statement, which this joins, keeps
+# few enough parameters for psycopg to cache its parsing (at most 50).
+_FLOAT_FIELDS = {"time_ms_sq", "edit_words_sq"}
 _REVIEW_SQL = (
     f"INSERT INTO annotations_reviewday (project_id, reviewer_id, day, {_REVIEW_COLUMNS}) "
-    f"VALUES (%s, %s, %s, {', '.join(['%s'] * len(NUMBER_FIELDS))}, "
-    f"{', '.join(['%s::jsonb'] * len(JSON_FIELDS))}) "
+    "SELECT %s, %s, %s::date, "
+    + ", ".join(
+        f"COALESCE((x.j->>'{f}')::{'float8' if f in _FLOAT_FIELDS else 'bigint'}, 0)"
+        for f in NUMBER_FIELDS
+    )
+    + ", "
+    + ", ".join(f"COALESCE(x.j->'{f}', '{{}}'::jsonb)" for f in JSON_FIELDS)
+    + " FROM (SELECT %s::jsonb AS j) x "
     "ON CONFLICT (project_id, reviewer_id, day) DO UPDATE SET "
     + ", ".join(f"{f} = annotations_reviewday.{f} + EXCLUDED.{f}" for f in NUMBER_FIELDS)
     + ", "
@@ -123,10 +132,7 @@ def review_day_sql(
 ) -> tuple[str, list]:
     """`delta` (`figures_delta`) added to the reader's day of a reading made at `made_at`,
     as one UPSERT (a row made on first use), for `services._execute_together`."""
-    params = [project_id, reviewer_id, day_of(made_at)]
-    params += [delta.get(f, 0) for f in NUMBER_FIELDS]
-    params += [json.dumps(delta.get(f, {})) for f in JSON_FIELDS]
-    return _REVIEW_SQL, params
+    return _REVIEW_SQL, [project_id, reviewer_id, day_of(made_at), json.dumps(dict(delta))]
 
 
 _DRAFT_SQL = """
