@@ -27,6 +27,9 @@ LAST_SEEN_KEY = "_medannot_last_seen"
 REFRESH_SECONDS = 60
 # Views an open page calls by itself (timers), and views an htmx timer polls: not activity.
 BACKGROUND_VIEWS = frozenset({"claim-renew", "project-status", "healthz"})
+# Views that authorise by a signed token, never by the session: a slide's hundreds of tiles
+# must not each read the session and the user (tests/test_tiles.py counts none).
+SESSIONLESS_VIEWS = frozenset({"slide-dzi", "slide-tile"})
 POLLED_VIEWS = frozenset({"export-job"})
 
 
@@ -72,7 +75,7 @@ class SessionIdleMiddleware:
 
 def _is_background(request: HttpRequest) -> bool:
     name = request.resolver_match.url_name if request.resolver_match else None
-    if name in BACKGROUND_VIEWS:
+    if name in BACKGROUND_VIEWS or name in SESSIONLESS_VIEWS:
         return True
     return name in POLLED_VIEWS and request.headers.get("HX-Request") == "true"
 
