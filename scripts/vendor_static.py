@@ -102,6 +102,21 @@ PINNED: dict[str, dict] = {
         },
         "dirs": {},
     },
+    # The upload page's whole-file checksum: incremental (hashes a multi-GB slide in slices,
+    # in constant memory), pure JavaScript: no eval, no WebAssembly (strict CSP).
+    "js-sha256": {
+        "version": "1.0.0",
+        "integrity": (
+            "sha512-Bqxf6ENUzYIMzuELCmRNrJOVbjKH1oMgbfYJBKVr/W1Xf9fazpahqCbb24v1pR7XV1isuqhM+w9KW"
+            "pK7zCyUQw=="
+        ),
+        "dest": "js-sha256",
+        "files": {
+            "build/sha256.min.js": "sha256.min.js",
+            "LICENSE.txt": "LICENSE",
+        },
+        "dirs": {},
+    },
 }
 
 # Loaded by the browser tests only (tests/vendor/, never collected as static files).

@@ -2,6 +2,8 @@
 and the batch report is swapped in; the page passes axe-core under the strict CSP."""
 
 import base64
+import hashlib
+import re
 import zipfile
 
 import pytest
@@ -160,4 +162,89 @@ def test_dropped_files_go_up_too(
     assert page.locator("#upload-files label", has_text="<img src=x>.jpg").count() == 1
     assert page.locator("#upload-files img, #upload-results img").count() == 0
     assert Image.objects.get().original_name == "dropped.tiff"
+    page.close()
+
+
+# Records each file's status text as it changes, so the short-lived "Checking" lines are seen.
+WATCH_NOTES = """() => {
+    window.seenNotes = [];
+    new MutationObserver(() => {
+        document.querySelectorAll("#upload-files .upload-note").forEach(n => {
+            window.seenNotes.push(n.textContent);
+        });
+    }).observe(document.getElementById("upload-files"),
+               {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_a_file_larger_than_a_slice_is_checked_whole_in_slices(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    sample_files,
+    settings,
+):
+    settings.MEDANNOT_UPLOAD_HASH_SLICE_BYTES = 64 * 1024
+    settings.MEDANNOT_UPLOAD_CHUNK_BYTES = 64 * 1024
+    data = sample_files["slide"].read_bytes()
+    assert len(data) > 2 * 64 * 1024  # several slices, so the hash is built up in parts
+    page = browser.new_page()
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    page.evaluate(WATCH_NOTES)
+    page.set_input_files("#id_files", [sample_files["slide"]])
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#upload-report #upload-results", timeout=60_000)
+    assert "1 file kept" in page.inner_text("#upload-results")
+    upload = Upload.objects.get()
+    assert upload.checksum == hashlib.sha256(data).hexdigest()
+    notes = page.evaluate("window.seenNotes")
+    assert any("Checking biopsy-1.tiff: 0%" in n for n in notes), notes
+    assert any(re.search(r"Checking biopsy-1\.tiff: [1-9]\d?%", n) for n in notes), notes
+    assert "Checked. Sent." in page.inner_text("#upload-files")
+    assert page.get_attribute("#upload-files .upload-note", "role") == "status"
+    assert not run_axe(page)
+    assert not problems, problems
+    page.close()
+
+
+def test_a_file_that_arrives_different_is_refused_and_said_so(
+    browser,  # noqa: F811
+    live_server,
+    people,
+    sample_files,
+    settings,
+):
+    """A byte changed on the way (here by the test, in the last piece): the browser's checksum
+    no longer matches, the server refuses the file and the page says why."""
+    settings.MEDANNOT_UPLOAD_CHUNK_BYTES = 64 * 1024
+    size = sample_files["slide"].stat().st_size
+    page = browser.new_page()
+
+    def corrupt(route, request):
+        body = request.post_data_buffer
+        offset = int(request.headers.get("upload-offset", "-1"))
+        if request.method == "PATCH" and body and offset + len(body) == size:
+            route.continue_(post_data=bytes([body[0] ^ 0xFF]) + body[1:])
+        else:
+            route.continue_()
+
+    log_in(page, live_server.url, "rita")
+    page.goto(live_server.url + reverse("project-upload", args=[people.project.pk]))
+    page.route("**/uploads/tus/**", corrupt)
+    page.set_input_files("#id_files", [sample_files["slide"]])
+    page.click("button[type=submit].primary")
+    page.wait_for_function(
+        "() => document.getElementById('upload-status').textContent.includes('not sent')",
+        timeout=60_000,
+    )
+    assert "checksum mismatch" in page.inner_text("#upload-files")
+    upload = Upload.objects.get()
+    assert upload.checksum == hashlib.sha256(sample_files["slide"].read_bytes()).hexdigest()
+    assert (upload.offset, upload.state) == (0, "receiving")
+    assert not Image.objects.exists()
+    assert not run_axe(page)
     page.close()

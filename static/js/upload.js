@@ -17,8 +17,8 @@
   var total = document.getElementById("upload-batch-progress");
   var status = document.getElementById("upload-status");
   var slot = document.getElementById("upload-report");
-  // Hashing reads the whole file into memory: beyond this, the file goes without a checksum.
-  var MAX_HASHED_BYTES = 512 * 1024 * 1024;
+  // The checksum reads this much of a file at a time (tests set it small).
+  var HASH_SLICE_BYTES = config.hashSliceBytes || 8 * 1024 * 1024;
   var PARALLEL = 3;
   var dropped = [];  // {file, path} from drag and drop
   var batch = null;  // reused after a failure, so a retry resumes into the same batch
@@ -101,18 +101,21 @@
 
   // --- sending --------------------------------------------------------------------------
 
-  function sha256(file) {
-    if (!window.crypto || !window.crypto.subtle || file.size > MAX_HASHED_BYTES) {
-      return Promise.resolve("");
+  // Hashed in slices, so a multi-GB slide is checked in constant memory; "" when the file
+  // cannot be read (moved, or the browser refused), and it goes without a checksum.
+  function sha256(file, onSlice) {
+    if (!window.sha256 || !file.slice || !Blob.prototype.arrayBuffer) { return Promise.resolve(""); }
+    var hash = window.sha256.create();
+    function from(start) {
+      onSlice(file.size ? Math.floor(start * 100 / file.size) : 100);
+      if (start >= file.size) { return Promise.resolve(hash.hex()); }
+      var end = Math.min(start + HASH_SLICE_BYTES, file.size);
+      return file.slice(start, end).arrayBuffer().then(function (data) {
+        hash.update(data);
+        return from(end);
+      });
     }
-    return file.arrayBuffer()
-      .then(function (data) { return window.crypto.subtle.digest("SHA-256", data); })
-      .then(function (digest) {
-        return Array.prototype.map.call(new Uint8Array(digest), function (b) {
-          return ("0" + b.toString(16)).slice(-2);
-        }).join("");
-      })
-      .catch(function () { return ""; });
+    return from(0).catch(function () { return ""; });
   }
 
   function row(item, index) {
@@ -126,6 +129,7 @@
     label.htmlFor = bar.id;
     label.textContent = item.path || item.file.name;  // textContent: a name is never HTML
     note.className = "upload-note";
+    note.setAttribute("role", "status");  // "Checking …: 40%" is read out as it changes
     li.appendChild(label);
     li.appendChild(bar);
     li.appendChild(note);
@@ -134,12 +138,17 @@
   }
 
   function send(item, view, onBytes) {
-    return sha256(item.file).then(function (checksum) {
-      if (!checksum) {
-        view.note.textContent = window.crypto && window.crypto.subtle
-          ? " Too large to check on this computer; sent without a checksum."
-          : " This browser cannot check files here (no secure connection); sent without a checksum.";
-      }
+    var name = item.path || item.file.name;
+    var shown = -1;
+    function checking(percent) {
+      if (percent === shown) { return; }  // one update a percent, not one a slice
+      shown = percent;
+      view.note.textContent = " Checking " + name + ": " + percent + "%.";
+    }
+    return sha256(item.file, checking).then(function (checksum) {
+      view.note.textContent = checksum
+        ? " Checked."
+        : " This file could not be read to check it; sent without a checksum.";
       var metadata = {
         filename: item.file.name,
         filetype: item.file.type || "application/octet-stream",
