@@ -287,6 +287,8 @@ MEDANNOT_API_RATE_PER_MINUTE = envint("MEDANNOT_API_RATE_PER_MINUTE", "120")
 MEDANNOT_UPLOAD_EXPIRY_HOURS = envint("MEDANNOT_UPLOAD_EXPIRY_HOURS", "24")
 # The size of each piece the upload page sends: a dropped connection loses at most one.
 MEDANNOT_UPLOAD_CHUNK_BYTES = envint("MEDANNOT_UPLOAD_CHUNK_BYTES", str(8 * 1024**2))
+# The upload page hashes each file (SHA-256, checked by the server) in slices of this size.
+MEDANNOT_UPLOAD_HASH_SLICE_BYTES = envint("MEDANNOT_UPLOAD_HASH_SLICE_BYTES", str(8 * 1024**2))
 
 # The slide viewer (Deep Zoom). Tiles are JPEG at this quality; the token in tile URLs lives
 # this long; each web process keeps this many slides open, sharing an OpenSlide cache of
