@@ -211,9 +211,7 @@ def project_upload(request: HttpRequest, project_id: int) -> HttpResponse:
                 "batches": reverse("upload-batch-create", args=[project.pk]),
                 "chunkSize": settings.MEDANNOT_UPLOAD_CHUNK_BYTES,
                 # How much of a file the browser hashes at a time (memory, not speed).
-                "hashSliceBytes": getattr(
-                    settings, "MEDANNOT_UPLOAD_HASH_SLICE_BYTES", 8 * 1024**2
-                ),
+                "hashSliceBytes": settings.MEDANNOT_UPLOAD_HASH_SLICE_BYTES,
             },
         },
         status=status,
