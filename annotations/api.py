@@ -13,7 +13,7 @@ from typing import Literal
 
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Field, File, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError
@@ -447,13 +447,4 @@ def export_download(request: HttpRequest, job_id: int = Path(..., ge=1, le=MAX_I
         return Status(410, {"detail": "This export has expired: start it again."})
     if job.state != ExportState.DONE:
         return Status(409, {"detail": f"This export is {job.state}, not ready yet."})
-    try:
-        handle = exportjobs.export_job_file(job).open("rb")
-    except FileNotFoundError:
-        raise Http404("This export's file is gone.") from None
-    return FileResponse(
-        handle,
-        as_attachment=True,
-        filename=exportjobs.export_job_filename(job),
-        content_type=exports.CONTENT_TYPES[job.format],
-    )
+    return exportjobs.export_job_download(job)

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.http import FileResponse, Http404
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -56,6 +57,21 @@ def export_job_filename(job: ExportJob) -> str:
     """The name the browser saves the file under."""
     options = exports.ExportOptions.from_query({"format": job.format} | job.options)
     return f"{slugify(job.project.name) or 'project'}-{options.file_name}"
+
+
+def export_job_download(job: ExportJob) -> FileResponse:
+    """A finished job's file as an attachment (for the page and the API alike); 404 if the
+    file is gone."""
+    try:
+        handle = export_job_file(job).open("rb")
+    except FileNotFoundError:
+        raise Http404("This export's file is gone.") from None
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=export_job_filename(job),
+        content_type=exports.CONTENT_TYPES[job.format],
+    )
 
 
 def _rows_expected(project: Project) -> int:

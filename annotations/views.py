@@ -278,16 +278,7 @@ def export_download(request: HttpRequest, job_id: int) -> HttpResponse:
         return HttpResponse("This export has expired: start it again.", status=410)
     if job.state != ExportState.DONE:
         raise Http404("This export is not ready")
-    try:
-        handle = exportjobs.export_job_file(job).open("rb")
-    except FileNotFoundError:
-        raise Http404("This export's file is gone") from None
-    return FileResponse(
-        handle,
-        as_attachment=True,
-        filename=exportjobs.export_job_filename(job),
-        content_type=exports.CONTENT_TYPES[job.format],
-    )
+    return exportjobs.export_job_download(job)
 
 
 @require_POST
