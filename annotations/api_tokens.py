@@ -11,6 +11,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class TokenRefused(Exception):
 
 
 class RateLimited(Exception):
-    """Too many requests with this token in this minute: 429, retry after `retry_after` s."""
+    """Too many requests with this token in the past minute: 429, retry after `retry_after` s."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"Too many requests: wait {retry_after} s.")
@@ -127,22 +128,45 @@ def token_authenticate(raw: str) -> ApiToken:
     return token
 
 
+RATE_WINDOW = 60  # seconds: the limit is per minute
+_clock = time.time
+
+
 def rate_check(token: ApiToken) -> None:
-    """A fixed window of one minute per token in the cache (Redis); RateLimited past
-    MEDANNOT_API_RATE_PER_MINUTE. With Redis down the request goes through: the API must
-    not fail because its limiter cannot count."""
+    """At most MEDANNOT_API_RATE_PER_MINUTE requests per token in any minute, counted in the
+    cache (Redis) as a sliding window: this minute's count plus the last minute's, weighted
+    by how much of it still lies within the past 60 seconds. A fixed window would let a
+    client send twice the limit across a minute's turn. RateLimited past it, with how long
+    until the next request would go through; a refused request is not counted. With Redis
+    down the request goes through: the API must not fail because its limiter cannot count."""
     limit = settings.MEDANNOT_API_RATE_PER_MINUTE
-    now = int(time.time())
-    window = now // 60
-    key = f"api-rate:{token.pk}:{window}"
+    now = _clock()
+    window, into = divmod(now, RATE_WINDOW)
+    key, previous_key = (f"api-rate:{token.pk}:{int(w)}" for w in (window, window - 1))
     try:
-        cache.add(key, 0, timeout=61)
+        cache.add(key, 0, timeout=2 * RATE_WINDOW + 1)
         count = cache.incr(key)
+        previous = cache.get(previous_key) or 0
+        over = previous * (RATE_WINDOW - into) / RATE_WINDOW + count > limit
+        if over:
+            cache.decr(key)
     except Exception:  # noqa: BLE001 - any cache failure: count nothing, log it
         log.warning("API rate limit not counted: the cache is unreachable", exc_info=True)
         return
-    if count > limit:
-        raise RateLimited(retry_after=(window + 1) * 60 - now)
+    if over:
+        raise RateLimited(retry_after=_retry_after(limit, previous, count - 1, into))
+
+
+def _retry_after(limit: int, previous: int, count: int, into: float) -> int:
+    """Whole seconds until one more request fits: `count` requests counted in this window
+    (`into` seconds old) and `previous` in the one before."""
+    if count < limit and previous:
+        # Within this window, once enough of the last one has slid out.
+        fits_at = RATE_WINDOW * (1 - (limit - count - 1) / previous)
+    else:
+        # In the next window, once enough of this one has slid out.
+        fits_at = RATE_WINDOW + RATE_WINDOW * (1 - (limit - 1) / max(count, 1))
+    return max(1, math.ceil(fits_at - into))
 
 
 def request_authenticate(request: HttpRequest, raw: str) -> ApiToken:

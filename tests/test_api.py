@@ -143,15 +143,58 @@ def test_use_is_recorded_as_last_used(people):
     assert ApiToken.objects.get(user=people.pathologist).last_used_at is not None
 
 
-def test_too_many_requests_get_429_with_retry_after(people, settings):
+@pytest.fixture
+def clock(monkeypatch):
+    """The rate limiter's clock, set by the test: 10 s into a minute to begin with."""
+    now = [1_800_000_010.0]
+    monkeypatch.setattr(api_tokens, "_clock", lambda: now[0])
+    return now
+
+
+def test_too_many_requests_get_429_with_retry_after(people, settings, clock):
     settings.MEDANNOT_API_RATE_PER_MINUTE = 3
     client = api_client(people.pathologist)
     assert [client.get("/api/projects").status_code for _ in range(3)] == [200] * 3
     response = client.get("/api/projects")
     assert response.status_code == 429
-    assert 1 <= int(response["Retry-After"]) <= 60
+    assert 1 <= int(response["Retry-After"]) <= 120
     # another token of the same user counts apart
     assert api_client(people.pathologist).get("/api/projects").status_code == 200
+
+
+def test_a_burst_across_the_turn_of_a_minute_is_still_limited(people, settings, clock):
+    """A fixed window per calendar minute let twice the limit through: the limit at the end
+    of one minute, the limit again at the start of the next."""
+    settings.MEDANNOT_API_RATE_PER_MINUTE = 3
+    client = api_client(people.pathologist)
+    clock[0] = 1_800_000_059.5  # the last half second of a minute
+    assert [client.get("/api/projects").status_code for _ in range(3)] == [200] * 3
+    clock[0] = 1_800_000_060.5  # one second later, in the next minute
+    assert client.get("/api/projects").status_code == 429
+
+
+def test_retry_after_says_when_the_next_request_goes_through(people, settings, clock):
+    settings.MEDANNOT_API_RATE_PER_MINUTE = 3
+    client = api_client(people.pathologist)
+    for _ in range(3):
+        assert client.get("/api/projects").status_code == 200
+        clock[0] += 10
+    refused = client.get("/api/projects")  # 40 s into the minute
+    assert refused.status_code == 429
+    wait = int(refused["Retry-After"])
+    clock[0] += wait - 1
+    assert client.get("/api/projects").status_code == 429  # a second early: still refused
+    clock[0] += 1
+    # Refused requests were not counted: a client that kept trying is not kept out longer.
+    assert client.get("/api/projects").status_code == 200
+
+
+def test_a_steady_client_under_the_limit_is_never_refused(people, settings, clock):
+    settings.MEDANNOT_API_RATE_PER_MINUTE = 10
+    client = api_client(people.pathologist)
+    for _ in range(30):  # six a minute for five minutes
+        assert client.get("/api/projects").status_code == 200
+        clock[0] += 10
 
 
 def test_with_redis_down_the_api_still_answers(people, settings):
