@@ -82,6 +82,14 @@ class DecisionForm(forms.Form):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.judged_on(image_size=image_size, categories=categories)
+
+    def judged_on(
+        self, *, image_size: tuple[int, int] | None, categories: list[str] | None
+    ) -> None:
+        """What the decision is checked against: the image's size (region pointers) and
+        the project's correction categories. Set when the form is made, or after, for a form
+        read before its task was (the review queue's hot path)."""
         self.image_size = image_size
         listed = CORRECTION_CATEGORIES if categories is None else categories
         choices = [(value, value) for value in listed]

@@ -1103,7 +1103,12 @@ def _label_write(
     return label, renewed
 
 
-def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | None:
+def task_for_decision(
+    task_id: int,
+    user: AbstractBaseUser | None,
+    *,
+    meanwhile: Callable[[], object] | None = None,
+) -> Task | None:
     """The task locked for a decision by `user`, in the caller's transaction, with all a
     decision needs, read in one statement once the lock is held: its project and image,
     `role` (the user's in the project, None if not a member or no user), `draft_pk` and
@@ -1112,7 +1117,8 @@ def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | Non
     ahead while they read this one, with its page; None if none). None if there is no such
     task. Every
     reading's write loads its task so (the review queue's hot path among them): plain SQL,
-    nothing compiled per request."""
+    nothing compiled per request. `meanwhile`: Python work that needs no answer from the
+    database (reading the decision's form), done while PostgreSQL runs the statements."""
     # The lock first, in a statement of its own: a statement that waits for it keeps the
     # snapshot it began with, and would miss the readings committed by the holder it waited
     # for. The read is sent with it (and with the BEGIN) all the same: PostgreSQL runs it
@@ -1121,6 +1127,8 @@ def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | Non
         with hotsql.pipelined():
             lock.execute(_LOCK_SQL, {"task": task_id})
             read.execute(_decision_sql(), {"task": task_id, "me": user.pk if user else None})
+            if meanwhile is not None:
+                meanwhile()
         row = read.fetchone()  # none without the task: the lock found nothing either
     if row is None:
         return None
@@ -1198,11 +1206,19 @@ WHERE t.id = %(task)s
 def _from_row(model, fields, values):
     """A model instance from its columns as the database gave them (the fields' own
     conversions applied, as a queryset would)."""
-    converted = [
-        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
-        for f, v in zip(fields, values, strict=True)
-    ]
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+    attnames, converters = _row_loading(model, tuple(fields))
+    values = list(values)
+    for i, convert in converters:
+        if values[i] is not None:
+            values[i] = convert(values[i], None, connection)
+    return model.from_db(connection.alias, attnames, values)
+
+
+@functools.cache
+def _row_loading(model, fields: tuple) -> tuple[list[str], list[tuple[int, Callable]]]:
+    """`_from_row`'s attribute names and the conversions to apply, by column position."""
+    converters = [(i, f.from_db_value) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
+    return [f.attname for f in fields], converters
 
 
 def _label_from_json(task: Task, row: dict) -> Label:
@@ -1253,7 +1269,7 @@ def _review_settle(
     task: Task,
     readings: Sequence[Label],
     actor: AbstractBaseUser,
-    events: list[AuditEvent],
+    events: list[_Event],
     *,
     labels: int = 0,
     reader: int | None = None,
@@ -1411,19 +1427,24 @@ def _execute_together(
         return cursor.fetchone() if counted else ()
 
 
-def _audit_event(action, actor, task, before, after, *, reason: str = "") -> AuditEvent:
-    return AuditEvent(
-        action=action,
-        actor=actor if actor is not None and actor.is_authenticated else None,
-        project_id=task.project_id,
-        task=task,
-        before=before,
-        after=after,
-        reason=reason,
-    )
+class _Event(NamedTuple):
+    """An audit row to write with a decision's other writes (`_audit_sql`)."""
+
+    action: str
+    actor_id: int | None
+    project_id: int
+    task_id: int
+    before: dict | None
+    after: dict | None
+    reason: str
 
 
-def _audit_sql(events: Sequence[AuditEvent]) -> tuple[str, list]:
+def _audit_event(action, actor, task, before, after, *, reason: str = "") -> _Event:
+    actor_id = actor.pk if actor is not None and actor.is_authenticated else None
+    return _Event(action, actor_id, task.project_id, task.pk, before, after, reason)
+
+
+def _audit_sql(events: Sequence[_Event]) -> tuple[str, list]:
     """An INSERT of audit rows, as `audit_record` would write them one by one, in order. The
     rows go as one JSON parameter: the statement it joins keeps few enough parameters for
     psycopg to cache its parsing (at most 50)."""

@@ -655,9 +655,13 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
     if any(key.startswith("review-sentinel-") for key in request.session.keys()):
         return None
     user = request.user
+    read: list[DecisionForm] = []
     try:
         with transaction.atomic():
-            task = services.task_for_decision(task_id, user)
+            # The form is read while the database locks and reads the task.
+            task = services.task_for_decision(
+                task_id, user, meanwhile=lambda: read.append(DecisionForm(request.POST))
+            )
             if task is None or (task.role is None and not is_site_admin(user)):
                 raise Http404("No such task")
             if Can.REVIEW not in capabilities_of(user, task.role):
@@ -665,8 +669,8 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
             project = task.project
             if project.sentinel_share > 0:
                 raise _GeneralPath
-            form = DecisionForm(
-                request.POST,
+            form = read[0]
+            form.judged_on(
                 image_size=(task.image.width, task.image.height),
                 categories=project.correction_categories,
             )
