@@ -6,6 +6,8 @@ not in bad data. Task state changes go through `annotations.services`.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -292,6 +294,11 @@ class ReviewState(models.TextChoices):
     FINAL = "final", "Final"  # readers agree, or an adjudicator decided
 
 
+# A task's `decided_at` before any decision: older than every decision, so that the task
+# list sorts on a column that is never null.
+NO_DECISION = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class Task(models.Model):
     """One image in one project, on its way from upload to a validated label."""
 
@@ -318,6 +325,16 @@ class Task(models.Model):
     # The decision of the final label once the review state is final (the agreeing readings'
     # or the adjudication's), else blank. Computed with review_state.
     outcome = models.CharField(max_length=10, choices=Decision.choices, blank=True)
+    # What the task list shows and sorts on, kept with the writes that change them (the
+    # readings by `services._review_settle`, the draft by `services.draft_record`) so that
+    # a sort is an index scan, not a count over every task's labels. `recount_projects`
+    # rebuilds them.
+    readings_count = models.PositiveIntegerField(default=0)
+    # Its readings' latest decision; NO_DECISION (older than any) when it has none.
+    decided_at = models.DateTimeField(default=NO_DECISION)
+    # The newest draft's prompt version: 0 the modality's default prompt, -1 no draft yet.
+    prompt_version = models.IntegerField(default=-1)
+    draft_truncated = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["id"]
@@ -341,6 +358,9 @@ class Task(models.Model):
         # disagreements (the adjudication queue), and the outcomes (the project's filters).
         indexes = [
             models.Index(fields=["project", "state", "id"], name="task_project_state_id"),
+            models.Index(fields=["project", "readings_count", "id"], name="task_readings"),
+            models.Index(fields=["project", "decided_at", "id"], name="task_decided"),
+            models.Index(fields=["project", "prompt_version", "id"], name="task_prompt"),
             models.Index(
                 fields=["project", "id"],
                 name="task_to_read",

@@ -31,6 +31,7 @@ from django.utils import timezone
 import imaging
 from annotations import agreement, backfills, counters, hotsql, insights, messages
 from annotations.models import (
+    NO_DECISION,
     TO_READ,
     Adjudication,
     AgreementCell,
@@ -1302,13 +1303,19 @@ def _review_settle(
     parts: list[tuple[str, list]] = []
     if saving is not None:
         parts.append(_label_save_sql(saving))
-    if after != before:
+    # The task list's columns (`Task.readings_count`, `decided_at`), from the readings as
+    # they now stand (`saving`'s time set just above).
+    listed = (len(readings), max((r.updated_at for r in readings), default=NO_DECISION))
+    if after != before or listed != (task.readings_count, task.decided_at):
         parts.append(
             (
-                "UPDATE annotations_task SET review_state = %s, outcome = %s WHERE id = %s",
-                [state, outcome, task.pk],
+                "UPDATE annotations_task SET review_state = %s, outcome = %s, "
+                "readings_count = %s, decided_at = %s WHERE id = %s",
+                [state, outcome, *listed, task.pk],
             )
         )
+        task.readings_count, task.decided_at = listed
+    if after != before:
         events.append(
             _audit_event(
                 "task.review_state",
@@ -2108,6 +2115,11 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
             return None
         draft = Draft.objects.create(task=task, attempt=attempt, **fields)
         task_transition(task_id=task_id, to=S.DRAFTED)
+        # The task list's columns of the newest draft.
+        version = draft.prompt_template.version if draft.prompt_template_id else 0
+        Task.objects.filter(pk=task_id).update(
+            prompt_version=version, draft_truncated=draft.truncated
+        )
         insights.draft_day_add(
             task.project_id,
             draft.created_at,

@@ -11,30 +11,28 @@ import binascii
 import datetime as dt
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.db.models import (
     BooleanField,
-    Count,
     Exists,
     F,
     Func,
-    Max,
     OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Value,
 )
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotations.access import Can
 from annotations.models import (
+    NO_DECISION,
     Decision,
-    Draft,
     Label,
     Membership,
     Project,
@@ -61,20 +59,17 @@ FLAGS = (
     ("disagreement", "Readers disagree"),
 )
 DATE_OF = (("reading", "Last decision of a reading"), ("task", "Task created"))
-# Column -> the annotation or field sorted on; none is null (see `_annotated`), so the
-# seek condition needs no NULL cases.
+# Column -> the task field sorted on; each has an index (project, field, id) and none is
+# null, so a page is an index scan from its cursor and the seek needs no NULL cases.
 SORTS = {
     "id": "id",
     "name": "image__original_name",
     "state": "state",
     "outcome": "outcome",
-    "readings": "n_readings",
-    "decided": "last_decision",
+    "readings": "readings_count",
+    "decided": "decided_at",
     "prompt": "prompt_version",
 }
-COMPUTED = {"n_readings", "last_decision", "prompt_version"}
-# Stands in for "no decision yet" in the sort: older than any decision.
-NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass
@@ -211,30 +206,34 @@ def _date_range(column: str, f: TaskFilter) -> dict:
     return bounds
 
 
-def _newest_draft() -> QuerySet[Draft]:
-    return Draft.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-id")
-
-
-def _annotated(tasks: QuerySet[Task]) -> QuerySet[Task]:
-    """The computed columns: readings, last decision, and the newest draft's prompt version
-    (0: the modality's default prompt; -1: no draft yet)."""
-    labels = Label.objects.filter(task=OuterRef("pk")).order_by().values("task")
-    newest = _newest_draft()
-    return tasks.annotate(
-        n_readings=Coalesce(Subquery(labels.annotate(n=Count("pk")).values("n")), 0),
-        last_decision=Coalesce(
-            Subquery(labels.annotate(at=Max("updated_at")).values("at")), Value(NEVER)
-        ),
-        prompt_version=Coalesce(
-            Subquery(newest.values(v=Coalesce(F("prompt_template__version"), 0))[:1]), -1
-        ),
-        draft_truncated=Subquery(newest.values("truncated")[:1]),
-    )
+def columns_rebuild(project_ids: Iterable[int] | None = None, *, using: str = "default") -> None:
+    """Set the list's stored columns of the tasks (of `project_ids`, or all) from their
+    readings and newest drafts: the migration's backfill, and `recount_projects`' repair."""
+    only, params = ("AND t.project_id = ANY(%s)", [list(project_ids)]) if project_ids else ("", [])
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"""
+UPDATE annotations_task t
+SET readings_count = coalesce(l.n, 0), decided_at = coalesce(l.at, %s),
+    prompt_version = coalesce(d.version, -1), draft_truncated = coalesce(d.truncated, false)
+FROM annotations_task t2
+LEFT JOIN LATERAL (
+  SELECT count(*) AS n, max(updated_at) AS at FROM annotations_label WHERE task_id = t2.id
+) l ON true
+LEFT JOIN LATERAL (
+  SELECT coalesce(pt.version, 0) AS version, dr.truncated FROM annotations_draft dr
+  LEFT JOIN annotations_prompttemplate pt ON pt.id = dr.prompt_template_id
+  WHERE dr.task_id = t2.id ORDER BY dr.created_at DESC, dr.id DESC LIMIT 1
+) d ON true
+WHERE t.id = t2.id {only}
+""",
+            [NO_DECISION, *params],
+        )
 
 
 def tasks_matching(project: Project, f: TaskFilter, *, user, blind: bool) -> QuerySet[Task]:
     """The project's tasks that pass `f`, with the list's columns, unordered."""
-    tasks = _annotated(project.tasks.select_related("image"))
+    tasks = project.tasks.select_related("image")
     if f.q:
         tasks = _search(tasks, f.q)
     if f.state:
@@ -294,9 +293,8 @@ def _row(*expressions) -> Func:
 
 
 def _seek(tasks: QuerySet[Task], column: str, key, pk: int, *, forward: bool) -> QuerySet[Task]:
-    """Rows after (key, pk) in the order walked, as one row comparison: a computed key (a
-    subquery) is then evaluated once a row, and the bound on the key alone lets the
-    database start an index scan there where one serves the order."""
+    """Rows after (key, pk) in the order walked, as one row comparison, with a bound on the
+    key alone that lets the database start its index scan there."""
     if column == "id":
         return tasks.filter(id__gt=pk) if forward else tasks.filter(id__lt=pk)
     op = ">" if forward else "<"
@@ -307,8 +305,6 @@ def _seek(tasks: QuerySet[Task], column: str, key, pk: int, *, forward: bool) ->
         template="%(expressions)s",
         output_field=BooleanField(),
     )
-    if column in COMPUTED:  # no index to start from: a bound would only evaluate it again
-        return tasks.filter(after)
     return tasks.filter(**{f"{column}__{'gte' if forward else 'lte'}": key}).filter(after)
 
 

@@ -11,8 +11,8 @@ the row just before it, as the Next link of page --page - 1 carries it), --runs 
 each, alternating with a trivial view behind login_required: the baseline.
 
 It prints the EXPLAIN (ANALYZE, BUFFERS) of the far page of each case, then one JSON object
-last: per case p50/p95 of page 1 and page N and their ratio, the trivial view's, and the
-worst ratio of page N to page 1.
+last: per case p50/p95 of page 1 and page N and their ratio, page 1 against the trivial view,
+the trivial view's, and the worst of both ratios.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ CASES = {
     "manifest_field": {"q": "organ:colon"},
     "file_name_words": {"q": "bench-1"},
     "readings_desc": {"sort": "readings", "dir": "desc"},
+    "decided_desc": {"sort": "decided", "dir": "desc"},
+    "prompt_asc": {"sort": "prompt"},
     "reviewer_fast_by_decision": {
         "reviewer": "bench-reader",
         "flag": "fast_accept",
@@ -67,7 +69,7 @@ def load(n: int) -> dict:
     from django.contrib.auth import get_user_model
     from django.db import connection, transaction
 
-    from annotations import services
+    from annotations import services, tasklist
     from annotations.models import Label, Role
 
     users = get_user_model().objects
@@ -97,6 +99,8 @@ def load(n: int) -> dict:
                 "edit_words": 0,
             },
         )
+    # The rows were made with COPY: the list's stored columns as the repair sets them.
+    tasklist.columns_rebuild([loaded["project"].pk])
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE annotations_task")
         cursor.execute("VACUUM ANALYZE annotations_label")
@@ -167,6 +171,9 @@ def measure(loaded: dict, client, args) -> dict:
         page_1, page_n = summary(ms["page_1"]), summary(ms["page_n"])
         figures[name] = {
             "page_1": page_1,
+            # Against the trivial view measured alongside (a sort that scans every task
+            # shows here, not in the page-N ratio).
+            "page_1_to_trivial_p50": round(page_1["p50_ms"] / summary(trivial)["p50_ms"], 2),
             f"page_{args.page}": page_n if far else None,
             "ratio_p50": round(page_n["p50_ms"] / page_1["p50_ms"], 2) if far else None,
         }
@@ -201,6 +208,9 @@ def main() -> None:
         "far_page": args.page,
         "trivial_p50_ms": figures["trivial"]["p50_ms"],
         "worst_page_n_to_page_1": max(ratios) if ratios else None,
+        "worst_page_1_to_trivial": max(
+            c["page_1_to_trivial_p50"] for k, c in figures.items() if k != "trivial"
+        ),
         "cases": {k: v for k, v in figures.items() if k != "trivial"},
     }
     print(json.dumps(out))
