@@ -696,6 +696,11 @@ class Adjudication(models.Model):
     category = models.CharField(max_length=80, blank=True)
     reason = models.TextField(blank=True)
     readings = models.ManyToManyField(Label, related_name="adjudications")
+    # The adjudicator's signature of the final label, where the project asks for one
+    # (§11.50), as a reading's: printed name, when, and what signing meant. Blank: unsigned.
+    signed_by_name = models.CharField(max_length=300, blank=True)
+    signed_at = models.DateTimeField(null=True, blank=True)
+    signature_meaning = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -711,6 +716,12 @@ class Adjudication(models.Model):
             models.CheckConstraint(
                 condition=Q(decision="rejected") | ~Q(text=""),
                 name="adjudication_kept_text_not_empty",
+            ),
+            # A signature is whole (name, time and meaning) or absent.
+            models.CheckConstraint(
+                condition=Q(signed_at__isnull=True, signed_by_name="", signature_meaning="")
+                | (Q(signed_at__isnull=False) & ~Q(signed_by_name="") & ~Q(signature_meaning="")),
+                name="adjudication_signature_whole",
             ),
         ]
 
