@@ -4,7 +4,9 @@ exported task's history lists it."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -216,3 +218,29 @@ def test_the_sweep_leaves_command_line_exports_alone(people, tmp_path, settings)
     export_labels("--out", str(out))
     assert exportjobs.export_jobs_sweep(lost_after_s=0) == 0
     assert ExportJob.objects.get().state == ExportState.DONE and Path(out).exists()
+
+
+class _ClosedPipe(io.TextIOWrapper):
+    """stdout read by `head`, which has gone: every write of the export fails."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8")
+        self.buffer.write = self._broken  # the export's COPY writes its blocks here
+
+    @staticmethod
+    def _broken(data) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_mid_copy_is_recorded_as_failed(people, monkeypatch):
+    """The fast path (PostgreSQL's COPY, to stdout) cut short: the failure is recorded on
+    the same connection, the COPY given up first."""
+    for _ in range(3):
+        decide(make_drafted_task(people.project), people.pathologist, "accepted")
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        export_labels("--format", "csv", "--user", "alice")
+    job = ExportJob.objects.get()
+    assert job.state == ExportState.FAILED and "BrokenPipeError" in job.error
+    assert not ExportedTask.objects.exists()
+    assert AuditEvent.objects.get(action="project.export").after["state"] == "failed"
