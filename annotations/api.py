@@ -37,6 +37,7 @@ from annotations.api_tokens import (
 )
 from annotations.models import (
     Decision,
+    ExportOrigin,
     ExportState,
     Modality,
     ReviewState,
@@ -197,6 +198,10 @@ class ExportIn(Schema):
 class ExportOut(Schema):
     id: int
     project: int
+    origin: str = Field(
+        description="web (the page or the API: a file to download once done) or command "
+        "(made with the export_labels command: its file is not here, never downloadable)"
+    )
     state: str
     format: str
     rows_done: int
@@ -397,16 +402,17 @@ def task_read(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)):
 
 
 def _export_out(job) -> ExportOut:
-    done = job.state == ExportState.DONE
+    offered = job.state == ExportState.DONE and job.origin == ExportOrigin.WEB
     return ExportOut(
         id=job.pk,
         project=job.project_id,
+        origin=job.origin,
         state=job.state,
         format=job.options.get("format", job.format),
         rows_done=job.rows_done,
         rows_expected=job.rows_expected,
         error=job.error,
-        download=reverse("api:export_download", args=[job.pk]) if done else None,
+        download=reverse("api:export_download", args=[job.pk]) if offered else None,
         expires_at=job.expires_at,
     )
 
@@ -441,7 +447,8 @@ def export_job(request: HttpRequest, job_id: int = Path(..., ge=1, le=MAX_ID)):
     openapi_extra={"responses": {200: {"description": "The export file"}}},
 )
 def export_download(request: HttpRequest, job_id: int = Path(..., ge=1, le=MAX_ID)):
-    """The finished file of an export job: 409 while it runs, 410 once it has expired."""
+    """The finished file of an export job: 409 while it runs, 410 once it has expired;
+    404 for an export made on the command line (its file is not here)."""
     job = export_job_for_user(request.user, job_id)
     if job.state == ExportState.EXPIRED:
         return Status(410, {"detail": "This export has expired: start it again."})

@@ -5,6 +5,10 @@ claims it (queued → running, a conditional update), writes `exports.write_expo
 a Hugging Face dataset or a training set with its images, `exports.write_export_file`: a
 zip) into a temporary file in the exports folder, fsyncs it and renames it to its final
 name, so that a half-written file is never offered. Old files are deleted by an hourly sweep.
+
+An export made on the command line (`export_labels`) is recorded here too, once it ended
+(`export_command_record`): a job of that origin, with no file to offer, and the tasks it
+included, so that each task's history lists it as it lists the page's exports.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -28,6 +32,7 @@ from annotations import exports, messages, services
 from annotations.models import (
     ExportedTask,
     ExportJob,
+    ExportOrigin,
     ExportState,
     Project,
     ProjectCounters,
@@ -61,7 +66,9 @@ def export_job_filename(job: ExportJob) -> str:
 
 def export_job_download(job: ExportJob) -> FileResponse:
     """A finished job's file as an attachment (for the page and the API alike); 404 if the
-    file is gone."""
+    file is gone, or if the export was made on the command line (its file is not here)."""
+    if job.origin != ExportOrigin.WEB:
+        raise Http404("This export was made on the command line: there is nothing to download.")
     try:
         handle = export_job_file(job).open("rb")
     except FileNotFoundError:
@@ -106,6 +113,57 @@ def export_job_start(
             after=options.audit() | {"format": options.format, "job": job.pk},
         )
         transaction.on_commit(lambda: _send(job.pk), robust=True)
+    return job
+
+
+def export_command_record(
+    *,
+    project: Project,
+    requested_by: AbstractBaseUser | None,
+    options: exports.ExportOptions,
+    output: str,
+    rows: int,
+    started_at: datetime,
+    error: str = "",
+) -> ExportJob:
+    """Record an export that the `export_labels` command made, once it ended: a job of
+    the command line (`output`: the path it wrote, or "stdout"; never offered for download),
+    done with `rows` rows and the tasks it included (`exported_tasks_record`, the worker's
+    filter), or failed with `error` and no task included; and its `project.export` audit
+    row, as the page's. One transaction, after the writing: the export streams as fast as
+    before, and a failed or killed one never lists tasks as exported."""
+    with transaction.atomic():
+        job = ExportJob.objects.create(
+            project=project,
+            requested_by=requested_by,
+            origin=ExportOrigin.COMMAND,
+            output=output,
+            format=options.file_format,
+            options=options.to_query(),
+            state=ExportState.FAILED if error else ExportState.DONE,
+            rows_done=rows,
+            rows_expected=rows,
+            error=error[:2000],
+            started_at=started_at,
+            finished_at=timezone.now(),
+        )
+        if not error:
+            exported_tasks_record(job, options)
+        services.audit_record(
+            action="project.export",
+            actor=requested_by,
+            project=project,
+            after=options.audit()
+            | {
+                "format": options.format,
+                "job": job.pk,
+                "origin": ExportOrigin.COMMAND.value,
+                "output": output,
+                "state": job.state,
+                "rows": rows,
+            },
+            reason=error[:2000],
+        )
     return job
 
 

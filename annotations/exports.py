@@ -731,10 +731,10 @@ def _final_row(
             "prompt": draft.prompt,
             "prompt_version": draft.prompt_template.version if draft.prompt_template else 0,
             "regions": feature_collection([]),
-            # The first reader's signature is not the adjudicator's.
-            "signed_by_name": "",
-            "signed_at": None,
-            "signature_meaning": "",
+            # The adjudicator's signature of the final label (never the first reader's).
+            "signed_by_name": adjudication.signed_by_name,
+            "signed_at": signed_at.isoformat() if (signed_at := adjudication.signed_at) else None,
+            "signature_meaning": adjudication.signature_meaning,
         }
         if "instruction" in row:  # a training format's fields
             row["instruction"] = draft.instruction or draft.prompt

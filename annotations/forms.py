@@ -14,8 +14,25 @@ from annotations.models import (
 )
 from annotations.prompts import MAX_TEMPLATE_CHARS, validate_template
 from annotations.regions import InvalidRegions, parse_regions
-from annotations.signatures import MAX_SITTING_MINUTES, MEANING, MIN_SITTING_MINUTES
+from annotations.signatures import (
+    ADJUDICATION_MEANING,
+    MAX_SITTING_MINUTES,
+    MEANING,
+    MIN_SITTING_MINUTES,
+)
 from imaging.patches import PATCH_SETTING_RANGES, PatchSettings
+
+
+def signature_password() -> forms.CharField:
+    """The password that signs a decision or an adjudication, asked only when a signature
+    is due (annotations.signatures); never kept or echoed."""
+    return forms.CharField(
+        required=False,
+        strip=False,
+        max_length=4096,
+        label="Your password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -65,14 +82,7 @@ class DecisionForm(forms.Form):
     edit_category = forms.ChoiceField(required=False, label="What the edit corrects")
     # When the form was first rendered, signed (annotations.reviewtime): time on task.
     rendered_at = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
-    # Asked only when a signature is due (annotations.signatures); never kept or echoed.
-    password = forms.CharField(
-        required=False,
-        strip=False,
-        max_length=4096,
-        label="Your password",
-        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
-    )
+    password = signature_password()
 
     def __init__(
         self,
@@ -204,8 +214,9 @@ class ProjectSettingsForm(forms.Form):
         required=False,
         help_text=(
             f"Each reading records the reader's full name, the time, and that they "
-            f"“{MEANING}” (21 CFR Part 11 §11.50). Readers type their password to sign, "
-            "once per sitting."
+            f"“{MEANING}” (21 CFR Part 11 §11.50); each adjudication, the adjudicator's, "
+            f"and that they “{ADJUDICATION_MEANING}”. Readers and adjudicators type their "
+            "password to sign, once per sitting."
         ),
     )
     signature_sitting_minutes = forms.IntegerField(
@@ -278,6 +289,7 @@ class AdjudicationForm(forms.Form):
     text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 8}))
     reason = forms.CharField(required=False, max_length=2000)
     category = forms.ChoiceField(required=False, label="What was wrong")
+    password = signature_password()
 
     def __init__(self, *args, categories: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -19,7 +19,16 @@ from django.http import Http404
 
 from annotations.access import Can, capabilities_of, task_for_user
 from annotations.exports import ADJUDICATION_RECORD, LABEL_RECORD, LABEL_UNDO
-from annotations.models import Adjudication, AuditEvent, Draft, ExportedTask, Label, Task
+from annotations.models import (
+    Adjudication,
+    AuditEvent,
+    Draft,
+    ExportedTask,
+    ExportJob,
+    ExportOrigin,
+    Label,
+    Task,
+)
 
 DRAFT, READING, UNDO, ADJUDICATION, EXPORT = "draft", "reading", "undo", "adjudication", "export"
 # At the same instant, the order things happen in.
@@ -130,6 +139,8 @@ def _time(value: str | None) -> datetime | None:
 
 
 def _exports(task: Task) -> list[Entry]:
+    """The exports that included the task: the page's and the API's (written by a worker),
+    and the command line's (`export_labels`), which names a user only when given one."""
     included = (
         ExportedTask.objects.filter(task=task)
         .select_related("job__requested_by")
@@ -139,8 +150,14 @@ def _exports(task: Task) -> list[Entry]:
         Entry(
             EXPORT,
             row.job.finished_at or row.job.created_at,
-            person(row.job.requested_by),
+            _exporter(row.job),
             {"order": row.job_id, "job": row.job},
         )
         for row in included
     ]
+
+
+def _exporter(job: ExportJob) -> str:
+    if job.origin == ExportOrigin.COMMAND and job.requested_by is None:
+        return "the command line"  # no --user given (or that user since removed)
+    return person(job.requested_by)

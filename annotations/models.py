@@ -716,6 +716,11 @@ class Adjudication(models.Model):
     category = models.CharField(max_length=80, blank=True)
     reason = models.TextField(blank=True)
     readings = models.ManyToManyField(Label, related_name="adjudications")
+    # The adjudicator's signature of the final label, where the project asks for one
+    # (§11.50), as a reading's: printed name, when, and what signing meant. Blank: unsigned.
+    signed_by_name = models.CharField(max_length=300, blank=True)
+    signed_at = models.DateTimeField(null=True, blank=True)
+    signature_meaning = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -732,6 +737,12 @@ class Adjudication(models.Model):
                 condition=Q(decision="rejected") | ~Q(text=""),
                 name="adjudication_kept_text_not_empty",
             ),
+            # A signature is whole (name, time and meaning) or absent.
+            models.CheckConstraint(
+                condition=Q(signed_at__isnull=True, signed_by_name="", signature_meaning="")
+                | (Q(signed_at__isnull=False) & ~Q(signed_by_name="") & ~Q(signature_meaning="")),
+                name="adjudication_signature_whole",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -746,6 +757,11 @@ class ExportState(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
+class ExportOrigin(models.TextChoices):
+    WEB = "web", "Web page or API"  # a worker writes the file, offered for download
+    COMMAND = "command", "Command line"  # `export_labels` wrote it where it was told
+
+
 # The file an export job writes (annotations.exports.file_format): a training format
 # (chat, dpo...) is a JSON Lines file, and its job keeps the format in its options; a
 # Hugging Face dataset, or a training set with its images, is a zip.
@@ -755,12 +771,17 @@ EXPORT_FORMATS = ("jsonl", "csv", "zip")
 class ExportJob(models.Model):
     """An export written by a worker into a private file (`annotations.exportjobs`): a large
     project would outlive a web request. The file is offered only once it is complete (done),
-    and deleted when the job expires."""
+    and deleted when the job expires. An export made on the command line (`export_labels`)
+    is recorded as a job too, once it ended, so that task histories list it: it has no file
+    here and is never offered."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="export_jobs")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    origin = models.CharField(max_length=8, choices=ExportOrigin.choices, default=ExportOrigin.WEB)
+    # Command line only: where the command wrote the export (a path, or "stdout").
+    output = models.CharField(max_length=1000, blank=True)
     format = models.CharField(max_length=8, default="jsonl")
     # write_export's keyword options beyond the format (readings, history, ...).
     options = models.JSONField(default=dict, blank=True)
@@ -789,8 +810,28 @@ class ExportJob(models.Model):
             ),
             # A finished file and its expiry go together: the sweep finds every file.
             models.CheckConstraint(
-                condition=~Q(state=ExportState.DONE) | (~Q(file="") & Q(expires_at__isnull=False)),
+                condition=~Q(state=ExportState.DONE)
+                | ~Q(origin=ExportOrigin.WEB)
+                | (~Q(file="") & Q(expires_at__isnull=False)),
                 name="exportjob_done_has_file",
+            ),
+            models.CheckConstraint(
+                condition=Q(origin__in=ExportOrigin.values), name="exportjob_origin_valid"
+            ),
+            # The command line's is recorded once it ended, with where it went; no file here
+            # (nothing to download, sweep or expire). A worker's names no output.
+            models.CheckConstraint(
+                condition=Q(origin=ExportOrigin.WEB, output="")
+                | (
+                    Q(
+                        origin=ExportOrigin.COMMAND,
+                        state__in=[ExportState.DONE, ExportState.FAILED],
+                        file="",
+                        expires_at__isnull=True,
+                    )
+                    & ~Q(output="")
+                ),
+                name="exportjob_command_has_no_file",
             ),
         ]
         indexes = [

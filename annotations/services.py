@@ -1600,14 +1600,15 @@ def _label_state(label: Label | None) -> dict | None:
     } | _signature_state(label)
 
 
-def _signature_state(label: Label) -> dict:
-    """A signed decision's signature, for its audit row (nothing for an unsigned one)."""
-    if label.signed_at is None:
+def _signature_state(signed: Label | Adjudication) -> dict:
+    """A signed decision's signature (a reading's or an adjudication's), for its audit row
+    (nothing for an unsigned one)."""
+    if signed.signed_at is None:
         return {}
     return {
-        "signed_by_name": label.signed_by_name,
-        "signed_at": label.signed_at.isoformat(),
-        "signature_meaning": label.signature_meaning,
+        "signed_by_name": signed.signed_by_name,
+        "signed_at": signed.signed_at.isoformat(),
+        "signature_meaning": signed.signature_meaning,
     }
 
 
@@ -1704,11 +1705,15 @@ def adjudication_record(
     text: str = "",
     reason: str = "",
     category: str = "",
+    signature: Signature | None = None,
 ) -> Adjudication:
     """Record (or revise) the final label of a task whose readers disagree, resolving all its
     readings: accept keeps the newest draft's text, edit stores the adjudicator's text,
     reject needs a reason (and is filed under "other" without a category). The task's review
-    state becomes final. InvalidTransition if the readers do not disagree (or no draft)."""
+    state becomes final. InvalidTransition if the readers do not disagree (or no draft).
+    `signature`: the adjudicator's signature of this final label, kept with it and in its
+    audit row (None: unsigned; a revision unsigned clears an earlier one, as for a reading).
+    """
     if decision not in Decision.values:
         raise ValueError(f"unknown decision {decision!r}")
     text, reason, category = text.strip(), reason.strip(), category.strip()
@@ -1737,6 +1742,9 @@ def adjudication_record(
         adjudication.decision, adjudication.category = decision, category
         adjudication.text = {"accepted": draft.text, "edited": text, "rejected": ""}[decision]
         adjudication.reason = reason if decision == Decision.REJECTED else ""
+        adjudication.signed_by_name, adjudication.signed_at, adjudication.signature_meaning = (
+            signature or ("", None, "")
+        )
         adjudication.save()
         adjudication.readings.set(task.labels.all())
         audit_record(
@@ -1761,7 +1769,7 @@ def _adjudication_state(adjudication: Adjudication | None) -> dict | None:
         "category": adjudication.category,
         "draft": adjudication.draft_id,
         "readings": sorted(adjudication.readings.values_list("pk", flat=True)),
-    }
+    } | _signature_state(adjudication)
 
 
 # The review queue -----------------------------------------------------------------------

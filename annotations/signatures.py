@@ -4,7 +4,8 @@ per sitting.
 
 A sitting is this browser session's, for one project: the session keeps when it ends, so
 that deciding checks it in memory (the review queue's hot path reads no more). Logging out
-flushes the session, and with it the sitting.
+flushes the session, and with it the sitting. Readings and adjudications share it: a
+password typed on either page signs on both until the sitting ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from annotations.models import Project, Task
 
 # What signing a decision means, shown before the reader signs and stored with the label.
 MEANING = "reviewed and approved as accurate"
+# What an adjudicator's signature means: they settled the readers' disagreement.
+ADJUDICATION_MEANING = "adjudicated the readings and approved this as the final label"
 MIN_SITTING_MINUTES, MAX_SITTING_MINUTES = 1, 12 * 60
 
 REFUSED = "That password is not right: nothing was saved. Type your password again to sign."
@@ -50,12 +53,15 @@ def sitting_start(session, project: Project) -> None:
     session[_key(project)] = _clock() + project.signature_sitting_minutes * 60
 
 
-def signature_for(user: AbstractBaseUser, project: Project) -> services.Signature | None:
-    """The signature a decision by `user` in `project` carries (None where none is asked)."""
+def signature_for(
+    user: AbstractBaseUser, project: Project, *, meaning: str = MEANING
+) -> services.Signature | None:
+    """The signature a decision by `user` in `project` carries (None where none is asked):
+    a reading's by default, an adjudication's with `meaning=ADJUDICATION_MEANING`."""
     if not project.signature_required:
         return None
     name = user.get_full_name().strip() or user.get_username()
-    return services.Signature(name=name, at=timezone.now(), meaning=MEANING)
+    return services.Signature(name=name, at=timezone.now(), meaning=meaning)
 
 
 def password_confirm(*, user: AbstractBaseUser, password: str, task: Task) -> bool:

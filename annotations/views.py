@@ -457,10 +457,13 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, template, context, status=status)
 
 
-def _signature_of(request: HttpRequest, task, data: dict) -> tuple:
+def _signature_of(
+    request: HttpRequest, task, data: dict, meaning: str = signatures.MEANING
+) -> tuple:
     """The decision's signature (None where the project asks for none), and what to ask
     the reader instead ("" when nothing): their password, where this decision starts a
-    sitting. A wrong password is refused (audited) and starts nothing."""
+    sitting. A wrong password is refused (audited) and starts nothing. `meaning`: what
+    signing means (a reading's, or an adjudication's)."""
     project = task.project
     if signatures.signature_due(request.session, project):
         if not data["password"]:
@@ -468,7 +471,7 @@ def _signature_of(request: HttpRequest, task, data: dict) -> tuple:
         if not signatures.password_confirm(user=request.user, password=data["password"], task=task):
             return None, signatures.REFUSED
         signatures.sitting_start(request.session, project)
-    return signatures.signature_for(request.user, project), ""
+    return signatures.signature_for(request.user, project, meaning=meaning), ""
 
 
 def _signature_asked(request: HttpRequest, task, data: dict, asked: str) -> HttpResponse:
@@ -1151,14 +1154,24 @@ def project_adjudication(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
     """All readings of a task side by side, with word diffs; a POST records the final label
-    and goes on to the next task in disagreement."""
+    and goes on to the next task in disagreement. Where the project asks for signatures,
+    the adjudicator signs with their password once per sitting (the review page's: one
+    started on either counts); without it, or with a wrong one, nothing is saved (428) and
+    the form comes back with what they typed."""
     task = task_for_user(request.user, task_id, Can.ADJUDICATE)
     categories = task.project.correction_categories
     form = AdjudicationForm(request.POST or None, categories=categories)
-    status, conflict = 200, ""
-    if request.method == "POST":
-        if form.is_valid():
-            data = form.cleaned_data
+    status, conflict, asked = 200, "", ""
+    if request.method == "POST" and not form.is_valid():
+        status = 422
+    elif request.method == "POST":
+        data = form.cleaned_data
+        signature, asked = _signature_of(
+            request, task, data, meaning=signatures.ADJUDICATION_MEANING
+        )
+        if asked:
+            status = 428
+        else:
             try:
                 services.adjudication_record(
                     task_id=task.pk,
@@ -1167,6 +1180,7 @@ def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
                     text=data["text"],
                     reason=data["reason"],
                     category=data["category"],
+                    signature=signature,
                 )
             except (services.InvalidTransition, ValueError) as exc:
                 conflict, status = str(exc), 409
@@ -1179,8 +1193,6 @@ def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
                     else reverse("project-adjudication", args=[task.project_id])
                 )
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-        else:
-            status = 422
     task.refresh_from_db(fields=["review_state"])
     context = {
         **selectors.task_readings(task),
@@ -1188,6 +1200,9 @@ def task_adjudicate(request: HttpRequest, task_id: int) -> HttpResponse:
         "project": task.project,
         "form": form,
         "conflict": conflict,
+        "signature_due": signatures.signature_due(request.session, task.project),
+        "signature_message": asked,
+        "SIGNATURE_MEANING": signatures.ADJUDICATION_MEANING,
     }
     return render(request, "annotations/task_adjudicate.html", context, status=status)
 

@@ -3,9 +3,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from annotations import exportjobs, exports
+from annotations.access import Can, capabilities
 from annotations.models import Decision, Project, ReviewState
 
 # Options given as the export URL's query names them (ExportOptions.from_query).
@@ -23,10 +26,19 @@ _QUERY_NAMES = {
 
 
 class Command(BaseCommand):
-    help = "Export a project's validated labels."
+    help = (
+        "Export a project's validated labels. The export is recorded once it ends, as the "
+        "page's are: each exported task's history lists it, and the audit trail has it."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True)
+        parser.add_argument(
+            "--user",
+            metavar="USERNAME",
+            help="who runs the export, as recorded (one who may export the project); "
+            "without it, the record says only: the command line",
+        )
         parser.add_argument("--format", default="jsonl", choices=list(exports.FORMATS))
         parser.add_argument(
             "--out",
@@ -63,7 +75,7 @@ class Command(BaseCommand):
             "--reviewer-names", action="store_true", help="usernames, not pseudonyms"
         )
 
-    def handle(self, *args, project, format, out, readings, history, **options):
+    def handle(self, *args, project, format, out, readings, history, user, **options):
         query = {
             "format": format,
             "readings": "all" if readings else "",
@@ -86,34 +98,72 @@ class Command(BaseCommand):
             raise CommandError(f"No project named {project!r}.")
         if options["with_images"] and not chosen.with_images:
             raise CommandError("--with-images goes with --format chat, dpo or kto.")
+        requested_by = self._requested_by(user, target)
         if chosen.file_format == "zip":
-            count = self._write_files(target, out, chosen)
-        elif out == "-":
-            count = exports.write_export_options(target, sys.stdout, chosen)
-        else:
-            path = Path(out)
-            tmp = path.with_name(path.name + ".part")
-            tmp.unlink(missing_ok=True)
-            # Counted as it is written (one count per block, as an export job does): the
-            # rows so far on stderr.
-            skip = 1 if chosen.format == "csv" else 0  # the header line
-            with exportjobs.CountingFile(tmp, self._progress, skip=skip) as raw:
-                fh = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", newline="")
-                count = exports.write_export_options(target, fh, chosen)
-                fh.flush()
-                fh.detach()
-            tmp.replace(path)  # a reader never sees a half-written export
-            self.stderr.write("")
-        self.stderr.write(f"exported {count} label(s) from {target.name!r}")
+            if out == "-":
+                raise CommandError("This export is files: give --out.")
+            if Path(out).exists():
+                raise CommandError(f"{out} exists already: give a new name.")
+        record = dict(
+            project=target,
+            requested_by=requested_by,
+            options=chosen,
+            output="stdout" if out == "-" else str(Path(out).resolve()),
+            started_at=timezone.now(),
+        )
+        try:
+            count = self._write(target, out, chosen)
+        except BaseException as exc:
+            self._record_failure(record, exc)
+            raise
+        job = exportjobs.export_command_record(**record, rows=count)
+        self.stderr.write(f"exported {count} label(s) from {target.name!r} (export {job.pk})")
+
+    def _requested_by(self, username: str | None, project: Project):
+        """The user named by --user, who must be active and may export `project`."""
+        if username is None:
+            return None
+        users = get_user_model().objects.filter(is_active=True)
+        user = users.filter(**{get_user_model().USERNAME_FIELD: username}).first()
+        if user is None:
+            raise CommandError(f"No active user named {username!r}.")
+        if Can.EXPORT not in capabilities(user, project):
+            raise CommandError(f"{username!r} may not export {project.name!r}.")
+        return user
+
+    def _record_failure(self, record: dict, exc: BaseException) -> None:
+        """A failed export is recorded as failed, with no task included; a record that
+        cannot be written (the database gone) must not hide why the export failed."""
+        try:
+            exportjobs.export_command_record(**record, rows=0, error=f"{type(exc).__name__}: {exc}")
+        except Exception as failure:  # noqa: BLE001 - the export's own error is raised next
+            self.stderr.write(f"The failed export could not be recorded: {failure}")
+
+    def _write(self, target: Project, out: str, chosen) -> int:
+        """Write the export (streamed, as ever); its rows."""
+        if chosen.file_format == "zip":
+            return self._write_files(target, out, chosen)
+        if out == "-":
+            return exports.write_export_options(target, sys.stdout, chosen)
+        path = Path(out)
+        tmp = path.with_name(path.name + ".part")
+        tmp.unlink(missing_ok=True)
+        # Counted as it is written (one count per block, as an export job does): the rows
+        # so far on stderr.
+        skip = 1 if chosen.format == "csv" else 0  # the header line
+        with exportjobs.CountingFile(tmp, self._progress, skip=skip) as raw:
+            fh = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", newline="")
+            count = exports.write_export_options(target, fh, chosen)
+            fh.flush()
+            fh.detach()
+        tmp.replace(path)  # a reader never sees a half-written export
+        self.stderr.write("")
+        return count
 
     def _write_files(self, target, out: str, chosen) -> int:
         """A Hugging Face dataset (a new folder) or a training set with its images (a zip),
         written under a temporary name, then renamed."""
-        if out == "-":
-            raise CommandError("This export is files: give --out.")
         path = Path(out)
-        if path.exists():
-            raise CommandError(f"{out} exists already: give a new name.")
         tmp = path.with_name(f".{path.name}.part")
         if chosen.format == exports.HF:
             shutil.rmtree(tmp, ignore_errors=True)
