@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotations", "0024_insights_rollups"),
+        ("annotations", "0025_task_list_columns"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotations", "0025_adjudication_signature"),
+        ("annotations", "0026_adjudication_signature"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
