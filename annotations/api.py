@@ -247,6 +247,9 @@ def project_create(request: HttpRequest, data: ProjectIn):
             )
     except IntegrityError:
         return Status(409, {"detail": "A project of this name exists already."})
+    except ValueError as exc:  # a prompt template that does not parse, as the settings form
+        problem = {"loc": ["body", "data", "prompt"], "msg": str(exc), "type": "value_error"}
+        return Status(422, {"detail": [problem]})
     return Status(201, _project_out(project))
 
 

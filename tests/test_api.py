@@ -12,7 +12,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotations import api_tokens, exportjobs, exports, services
-from annotations.models import ApiToken, AuditEvent, Modality, ReviewState, Task, TaskState
+from annotations.models import (
+    ApiToken,
+    AuditEvent,
+    Modality,
+    Project,
+    ReviewState,
+    Task,
+    TaskState,
+)
 from annotations.notice import AI_NOTICE
 from tests.factories import make_drafted_task, make_task, record_draft
 from tests.test_tus import TUS, b64, patch
@@ -225,6 +233,17 @@ def test_only_a_superuser_creates_a_project(people):
         "/api/projects", data, content_type="application/json"
     )
     assert again.status_code == 409
+
+
+def test_a_prompt_that_does_not_parse_is_422_and_makes_no_project(people):
+    """Found by the schema fuzzing: a prompt template of "}" was a 500."""
+    data = {"name": "Lung CT", "modality": Modality.PATHOLOGY, "prompt": "}"}
+    response = api_client(people.superuser).post(
+        "/api/projects", data, content_type="application/json"
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "prompt"
+    assert not Project.objects.filter(name="Lung CT").exists()
 
 
 def test_a_project_name_is_refused_blank_and_escaped_on_the_pages(people, client_for):
