@@ -199,8 +199,9 @@ class ExportOut(Schema):
     id: int
     project: int
     origin: str = Field(
-        description="web (the page or the API: a file to download once done) or command "
-        "(made with the export_labels command: its file is not here, never downloadable)"
+        description="web (the page or the API: a file to download once done), command "
+        "(made with the export_labels command: its file is not here, never downloadable) or "
+        "download (streamed to the browser by the page's Download now: not kept here)"
     )
     state: str
     format: str

@@ -7,8 +7,9 @@ zip) into a temporary file in the exports folder, fsyncs it and renames it to it
 name, so that a half-written file is never offered. Old files are deleted by an hourly sweep.
 
 An export made on the command line (`export_labels`) is recorded here too, once it ended
-(`export_command_record`): a job of that origin, with no file to offer, and the tasks it
-included, so that each task's history lists it as it lists the page's exports.
+(`export_command_record`), and so is one the page streams straight to the browser
+(`export_download_start`, `export_download_chunks`): a job of that origin, with no file to
+offer, and the tasks it included, so that each task's history lists every export.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import io
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -165,6 +166,64 @@ def export_command_record(
             reason=error[:2000],
         )
     return job
+
+
+def export_download_start(
+    *, project: Project, requested_by: AbstractBaseUser, options: exports.ExportOptions, name: str
+) -> ExportJob:
+    """Record an export the page streams to the browser as it is made (`name`: the file
+    name it is given): a running job of that origin, never offered again, and its
+    `project.export` audit row, before the first byte leaves. `export_download_chunks`
+    finishes the record when the last byte has gone."""
+    with transaction.atomic():
+        job = ExportJob.objects.create(
+            project=project,
+            requested_by=requested_by,
+            origin=ExportOrigin.DOWNLOAD,
+            output=name,
+            format=options.file_format,
+            options=options.to_query(),
+            state=ExportState.RUNNING,
+            started_at=timezone.now(),
+        )
+        services.audit_record(
+            action="project.export",
+            actor=requested_by,
+            project=project,
+            after=options.audit()
+            | {"job": job.pk, "origin": ExportOrigin.DOWNLOAD.value, "output": name},
+        )
+    return job
+
+
+def export_download_chunks(
+    job: ExportJob, options: exports.ExportOptions, chunks: Iterable[bytes]
+) -> Iterator[bytes]:
+    """`chunks`, streamed, then the download's record finished: done, with its rows (lines,
+    less a CSV's header) and the tasks it included (`exported_tasks_record`), once the
+    last chunk was handed over; failed, with no task included, if the download stopped
+    before (the browser left, or making it failed)."""
+    lines, finished = 0, False
+    blocks = iter(chunks)
+    try:
+        for block in blocks:
+            chunk = bytes(block)  # a COPY's are memoryviews; the response makes bytes anyway
+            lines += chunk.count(b"\n")
+            yield chunk
+        finished = True
+    finally:
+        if not finished and hasattr(blocks, "close"):
+            blocks.close()  # a COPY cut short is given up first: the connection is free again
+        with transaction.atomic():
+            ExportJob.objects.filter(pk=job.pk).update(
+                state=ExportState.DONE if finished else ExportState.FAILED,
+                rows_done=max(lines - (options.format == "csv"), 0),
+                error="" if finished else "The download stopped before its end.",
+                finished_at=timezone.now(),
+            )
+            if finished:
+                job.refresh_from_db()
+                exported_tasks_record(job, options)
 
 
 def _send(job_id: int) -> None:

@@ -760,6 +760,7 @@ class ExportState(models.TextChoices):
 class ExportOrigin(models.TextChoices):
     WEB = "web", "Web page or API"  # a worker writes the file, offered for download
     COMMAND = "command", "Command line"  # `export_labels` wrote it where it was told
+    DOWNLOAD = "download", "Page download"  # streamed to the browser as it was made
 
 
 # The file an export job writes (annotations.exports.file_format): a training format
@@ -818,14 +819,25 @@ class ExportJob(models.Model):
             models.CheckConstraint(
                 condition=Q(origin__in=ExportOrigin.values), name="exportjob_origin_valid"
             ),
-            # The command line's is recorded once it ended, with where it went; no file here
-            # (nothing to download, sweep or expire). A worker's names no output.
+            # The command line's is recorded once it ended, with where it went; a page
+            # download's while it streams, with the file name the browser was given. No file
+            # here for either (nothing to download, sweep or expire). A worker's names no
+            # output.
             models.CheckConstraint(
                 condition=Q(origin=ExportOrigin.WEB, output="")
                 | (
                     Q(
                         origin=ExportOrigin.COMMAND,
                         state__in=[ExportState.DONE, ExportState.FAILED],
+                        file="",
+                        expires_at__isnull=True,
+                    )
+                    & ~Q(output="")
+                )
+                | (
+                    Q(
+                        origin=ExportOrigin.DOWNLOAD,
+                        state__in=[ExportState.RUNNING, ExportState.DONE, ExportState.FAILED],
                         file="",
                         expires_at__isnull=True,
                     )

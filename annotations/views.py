@@ -225,21 +225,21 @@ def project_export(request: HttpRequest, project_id: int) -> HttpResponse:
     `?format=chat|dpo|kto|geojson` (JSON Lines). `?readings=all`: every
     reading of a double-read task; `?history=1`: every label's earlier versions; filters,
     a train/validation/test split and reviewer names (ExportOptions.from_query). Other
-    values: the default export."""
+    values: the default export. Recorded as an export job of the page (`exportjobs`).
+    """
     project = project_for_user(request.user, project_id, Can.EXPORT)
     options = exports.ExportOptions.from_query(request.GET)
+    filename = f"{slugify(project.name) or 'project'}-{options.file_name}"
+    # Recorded as an export (audited now; the tasks it included once the last byte went).
+    job = exportjobs.export_download_start(
+        project=project, requested_by=request.user, options=options, name=filename
+    )
+    chunks = exports.export_options_chunks(project, options)
     response = StreamingHttpResponse(
-        exports.export_options_chunks(project, options),
+        exportjobs.export_download_chunks(job, options, chunks),
         content_type=exports.CONTENT_TYPES[options.file_format],
     )
-    filename = f"{slugify(project.name) or 'project'}-{options.file_name}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    services.audit_record(
-        action="project.export",
-        actor=request.user,
-        project=project,
-        after=options.audit(),
-    )
     return response
 
 

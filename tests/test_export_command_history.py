@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
+from django.core.signals import request_finished
+from django.db import close_old_connections
 from django.urls import reverse
 
 from annotations import exportjobs, exports, services
@@ -244,3 +246,73 @@ def test_a_closed_pipe_mid_copy_is_recorded_as_failed(people, monkeypatch):
     assert job.state == ExportState.FAILED and "BrokenPipeError" in job.error
     assert not ExportedTask.objects.exists()
     assert AuditEvent.objects.get(action="project.export").after["state"] == "failed"
+
+
+# The page's direct download ---------------------------------------------------------------
+
+
+def download(client, project, query: str = "") -> bytes:
+    url = reverse("project-export", args=[project.pk]) + (f"?{query}" if query else "")
+    response = client.get(url)
+    assert response.status_code == 200
+    return b"".join(response.streaming_content)
+
+
+@pytest.mark.parametrize("query", ["", "format=csv", "readings=all&history=1"])
+def test_a_page_download_is_recorded_with_the_tasks_it_included(people, client_for, query):
+    """The "Download now" link streams the export: once the last byte went, the job is done
+    with its rows, and each task it included lists it in its history; the others do not."""
+    decided = [decide(make_drafted_task(people.project), people.pathologist, "accepted")]
+    decided.append(decide(make_drafted_task(people.project), people.pathologist, "rejected"))
+    left_out = make_drafted_task(people.project)  # no reading: not in the export
+    client = client_for(people.project_admin)
+    body = download(client, people.project, query)
+    job = ExportJob.objects.get()
+    assert (job.origin, job.state, job.requested_by) == (
+        ExportOrigin.DOWNLOAD,
+        ExportState.DONE,
+        people.project_admin,
+    )
+    assert job.rows_done == 2 and job.output.startswith("breast-biopsies-")
+    assert body.count(b"\n") == 2 + ("csv" in query)
+    included = set(ExportedTask.objects.values_list("task_id", flat=True))
+    assert included == {t.pk for t in decided}
+    assert f"export {job.pk}" in history(client, decided[0])
+    assert f"export {job.pk}" not in history(client, left_out)
+    event = AuditEvent.objects.get(action="project.export")
+    assert (event.after["job"], event.after["origin"]) == (job.pk, "download")
+
+
+@pytest.mark.django_db(transaction=True)  # as in production: no test transaction around it
+def test_a_download_cut_short_includes_no_task(people, client_for):
+    """The browser leaves after the first rows (PostgreSQL's COPY, the fast path, cut
+    short): the job fails, no task is listed as exported, and the connection still works.
+    (Inside a test's transaction the COPY's cancel would abort that transaction.)"""
+    for _ in range(3):
+        decide(make_drafted_task(people.project), people.pathologist, "accepted")
+    client = client_for(people.project_admin)
+    response = client.get(reverse("project-export", args=[people.project.pk]))
+    assert next(response.streaming_content).count(b"\n") == 1
+    # The client went: the server closes the response (as the test client would, keeping
+    # the test's connection open).
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+    job = ExportJob.objects.get()
+    assert job.state == ExportState.FAILED and "stopped" in job.error
+    assert not ExportedTask.objects.exists()
+    assert Task.objects.count() == 3  # the connection is usable again
+
+
+def test_a_page_download_is_never_offered_again(people, client_for):
+    decide(make_drafted_task(people.project), people.pathologist, "accepted")
+    client = client_for(people.project_admin)
+    download(client, people.project)
+    job = ExportJob.objects.get()
+    assert client.get(reverse("export-download", args=[job.pk])).status_code == 404
+    page = client.get(reverse("export-job", args=[job.pk])).content.decode()
+    assert "Downloaded from the page" in page and 'rel="download"' not in page
+    listed = api_client(people.project_admin).get(f"/api/exports/{job.pk}")
+    assert listed.status_code == 200 and listed.json()["download"] is None
