@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection, transaction
 
-from annotations.models import DraftDay, ReviewDay
+from annotations.models import ArmDay, DraftDay, ReviewDay
 
 # Time on task buckets, lower bounds in seconds; the last is open.
 TIME_BUCKETS: tuple[int, ...] = (0, 5, 10, 20, 40, 80, 160, 320, 640)
@@ -625,12 +625,16 @@ def dashboard(
     totals = _totals(rows)
     readers = per_reader(rows)
     plots = _plots(rows, drafting, totals, readers, catch_rates)
+    arms = comparison_arms(arm_rows(project.pk))
     return {
         "totals": totals,
         "readers": readers,
         "plots": plots,
         "charts": [p.chart() for p in plots],
-        "summary": study_summary(totals, catch_rates),
+        "summary": study_summary(totals, catch_rates, arms),
+        "arms": arms,
+        "arms_summary": arms_summary(arms),
+        "arm_columns": COMPARISON_COLUMNS,
         "agreement": agreement,
         "backlog": counts.get("disagreement", 0),
         "coverage": coverage(project, rows, counts, today),
@@ -841,9 +845,15 @@ class SummaryRow:
 SUMMARY_COLUMNS = ["Figure", "Value", "95% low", "95% high", "n", "How"]
 
 
-def study_summary(totals: Mapping, catch_rates: Sequence) -> list[SummaryRow]:
+def study_summary(
+    totals: Mapping, catch_rates: Sequence, arms: Sequence[ArmRow] = ()
+) -> list[SummaryRow]:
     """The figures reader studies of AI-drafted reports give, each with its 95% interval."""
     n = totals["readings"]
+    every = {
+        name: sum(getattr(a, name) for a in arms)
+        for name in ("rouge_n", "rouge_sum", "rouge_sq", "ref_n", "ref_sum", "ref_sq")
+    }
     read = sum(c.read for c in catch_rates)
     caught = sum(c.caught for c in catch_rates)
     return [
@@ -871,7 +881,20 @@ def study_summary(totals: Mapping, catch_rates: Sequence) -> list[SummaryRow]:
             "Wilson, of accepts",
         ),
         SummaryRow("Sentinel catch rate", wilson(caught, read), " %", 100, "Wilson"),
-        SummaryRow("ROUGE-L", None, "", 1, "not computed here yet (prompt and model comparison)"),
+        SummaryRow(
+            "ROUGE-L, draft vs validated text",
+            mean_interval(every["rouge_sum"], every["rouge_sq"], every["rouge_n"]),
+            "",
+            100,
+            "mean F-measure x 100 (accepted and edited), normal approximation",
+        ),
+        SummaryRow(
+            "ROUGE-L, draft vs reference",
+            mean_interval(every["ref_sum"], every["ref_sq"], every["ref_n"]),
+            "",
+            100,
+            "mean F-measure x 100 (drafts with a manifest reference), normal approximation",
+        ),
     ]
 
 
@@ -888,3 +911,118 @@ def as_csv(columns: Sequence[str], rows: Iterable[Sequence]) -> str:
     for row in rows:
         writer.writerow([csv_safe(c) for c in row])
     return out.getvalue()
+
+
+# The prompt and model comparison table -------------------------------------------------------
+
+
+def arm_rows(project_id: int) -> list[dict]:
+    """Every arm-day of the project (one query; arms x days, not drafts)."""
+    return list(ArmDay.objects.filter(project_id=project_id).values())
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    """One arm of the comparison, its days summed."""
+
+    prompt_version: int
+    model_revision: str
+    drafts: int
+    readings: int
+    accepted: int
+    edited: int
+    rejected: int
+    edit_hist: dict
+    categories: dict
+    rouge_n: int
+    rouge_sum: float
+    rouge_sq: float
+    ref_n: int
+    ref_sum: float
+    ref_sq: float
+
+    @property
+    def prompt(self) -> str:
+        return f"v{self.prompt_version}" if self.prompt_version else "built-in"
+
+    @property
+    def revision(self) -> str:
+        return self.model_revision or "unknown"
+
+    @property
+    def acceptance(self) -> Estimate:
+        return wilson(self.accepted, self.readings)
+
+    @property
+    def median_edit_words(self) -> float | None:
+        return histogram_median(self.edit_hist, EDIT_BUCKETS)
+
+    @property
+    def rouge(self) -> Estimate:
+        return mean_interval(self.rouge_sum, self.rouge_sq, self.rouge_n)
+
+    @property
+    def rouge_reference(self) -> Estimate:
+        return mean_interval(self.ref_sum, self.ref_sq, self.ref_n)
+
+    @property
+    def reject_categories(self) -> str:
+        ordered = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{k}: {n}" for k, n in ordered if n) or "—"
+
+    def cells(self) -> list[str]:
+        median = self.median_edit_words
+        return [
+            self.prompt,
+            self.revision,
+            str(self.drafts),
+            str(self.readings),
+            self.acceptance.as_percent(),
+            "—" if median is None else f"{median:.1f}",
+            self.reject_categories,
+            self.rouge.as_text(scale=100),
+            self.rouge_reference.as_text(scale=100),
+        ]
+
+
+COMPARISON_COLUMNS = [
+    "Prompt",
+    "Model revision",
+    "Drafts",
+    "Readings",
+    "Acceptance rate (95% interval)",
+    "Median edit (words, approx.)",
+    "Correction categories",
+    "ROUGE-L vs validated (95% interval)",
+    "ROUGE-L vs reference (95% interval)",
+]
+
+
+def comparison_arms(rows: Iterable[Mapping]) -> list[ArmRow]:
+    """The arms of the project's drafts (prompt version x model revision), days summed,
+    in prompt version order."""
+    by_arm: dict[Arm, list] = {}
+    for row in rows:
+        by_arm.setdefault((row["prompt_version"], row["model_revision"]), []).append(row)
+    arms = []
+    for (version, revision), mine in sorted(by_arm.items()):
+        numbers = {name: sum(r[name] for r in mine) for name in ARM_NUMBER_FIELDS}
+        jsons = {name: dict(_sum_json(mine, name)) for name in ARM_JSON_FIELDS}
+        if numbers["drafts"] or numbers["readings"]:
+            arms.append(ArmRow(version, revision, **numbers, **jsons))
+    return arms
+
+
+def arms_summary(arms: Sequence[ArmRow]) -> str:
+    """The comparison in a sentence or two, for screen readers."""
+    if not arms:
+        return "No drafts yet: nothing to compare."
+    return (
+        "; ".join(
+            f"prompt {a.prompt}, model {a.revision}: {a.drafts} drafts, {a.readings} readings, "
+            f"acceptance {a.acceptance.as_percent()}, ROUGE-L vs validated "
+            f"{a.rouge.as_text(scale=100)}"
+            for a in arms
+        )
+        + "."
+    )

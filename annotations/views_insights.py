@@ -55,11 +55,14 @@ def project_insights(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def project_insights_csv(request: HttpRequest, project_id: int, plot: str) -> HttpResponse:
-    """One plot's data, or the study summary (`summary`), as CSV."""
+    """One plot's data, the study summary (`summary`) or the prompt and model comparison
+    (`comparison`), as CSV."""
     project = _project_for_insights(request, project_id)
     figures = _dashboard(project)
     if plot == "summary":
         columns, rows = insights.SUMMARY_COLUMNS, [r.cells() for r in figures["summary"]]
+    elif plot == "comparison":
+        columns, rows = insights.COMPARISON_COLUMNS, [a.cells() for a in figures["arms"]]
     else:
         found = next((p for p in figures["plots"] if p.key == plot), None)
         if found is None:

@@ -383,7 +383,81 @@ def test_the_study_summary_downloads_with_its_intervals(people, client_for):
         f"{rate.high * 100:.1f} %",
         "4",
     ]
-    assert rows["ROUGE-L"][1] == "—"
+    # Accepts score 1; "Invasive lobular carcinoma, grade 2." keeps 4 of the draft's 5 words.
+    rouge = insights.mean_interval(3.6, 1 + 0.64 + 1 + 0.64, 4)
+    assert rows["ROUGE-L, draft vs validated text"][1:5] == [
+        "90.0",
+        f"{rouge.low * 100:.1f}",
+        f"{rouge.high * 100:.1f}",
+        "4",
+    ]
+    assert rows["ROUGE-L, draft vs reference"][1:5] == ["—", "—", "—", "0"]
+
+
+def _arm_draft(project, *, text, prompt=None, revision="sha256:0", reference=None):
+    task = make_task(project, state=TaskState.QUEUED)
+    if reference is not None:
+        task.metadata = {"reference": reference}
+        task.save(update_fields=["metadata"])
+    claimed = services.task_claim(task_id=task.pk)
+    fields = draft_fields(
+        text=text, prompt_template_id=prompt.pk if prompt else None, model_revision=revision
+    )
+    return services.draft_record(task_id=task.pk, attempt=claimed.attempt, fields=fields)
+
+
+def test_the_comparison_shows_each_arm_side_by_side_with_intervals(people, client_for):
+    project = people.project
+    v1 = PromptTemplate.objects.create(project=project, version=1, instruction="Describe it.")
+    reader = people.pathologist
+    # Prompt v1 on revision b: 4 drafts, 3 accepted, 1 rejected; references score 1 and 0.5.
+    for i in range(4):
+        draft = _arm_draft(
+            project,
+            text="a b c d",
+            prompt=v1,
+            revision="b",
+            reference=["a b c d", "a b"][i] if i < 2 else None,
+        )
+        decision = {"decision": "accepted"}
+        if i == 3:
+            decision = {"decision": "rejected", "reason": "No.", "category": "missed finding"}
+        services.label_record(task_id=draft.task_id, reviewer=reader, draft_id=draft.pk, **decision)
+    # The built-in prompt on revision a: 2 drafts, 1 edited (ROUGE-L 0.8), one unread.
+    for i in range(2):
+        draft = _arm_draft(project, text="a b c d e")
+        if i == 0:
+            services.label_record(
+                task_id=draft.task_id,
+                reviewer=reader,
+                draft_id=draft.pk,
+                decision="edited",
+                text="a b c d x",
+                category=project.correction_categories[0],
+            )
+    response = client_for(people.researcher).get(csv_url(project, "comparison"))
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == insights.COMPARISON_COLUMNS
+    builtin, candidate = rows[1], rows[2]
+    assert builtin[:4] == ["built-in", "sha256:0", "2", "1"]
+    assert builtin[4] == insights.wilson(0, 1).as_percent()
+    assert builtin[7] == "80.0 (80.0–80.0)"
+    assert candidate[:4] == ["v1", "b", "4", "4"]
+    assert candidate[4] == insights.wilson(3, 4).as_percent()
+    assert candidate[6] == "missed finding: 1"
+    assert candidate[7] == insights.mean_interval(3, 3, 3).as_text(scale=100)
+    # Against the reference: 1 and 2/3 (precision 1/2, recall 1).
+    assert candidate[8] == insights.mean_interval(1 + 2 / 3, 1 + 4 / 9, 2).as_text(scale=100)
+    page = client_for(people.project_admin).get(insights_url(project)).text
+    assert csv_url(project, "comparison") in page
+    assert "prompt v1, model b: 4 drafts, 4 readings, acceptance 75.0 %" in page
+
+
+def test_the_comparison_is_only_for_admins_and_researchers(people, client_for):
+    _arm_draft(people.project, text="a b")
+    url = csv_url(people.project, "comparison")
+    assert client_for(people.pathologist).get(url).status_code == 403
+    assert client_for(people.other_admin).get(url).status_code == 404
 
 
 def test_an_unknown_plot_is_not_found(people, client_for):
