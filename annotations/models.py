@@ -105,6 +105,9 @@ class Project(models.Model):
     fast_accept_seconds = models.PositiveIntegerField(default=5)
     # The share of the claimed queue served as sentinels: drafts with a deliberate error.
     sentinel_share = models.FloatField(default=0.0)
+    # A blind comparison is open: its candidate drafts are drawn into the claimed queue.
+    # Read with the project on the decision's hot path, so a closed one costs no query.
+    comparison_open = models.BooleanField(default=False)
     # Double reading: how many different readers read each task (1: a single reading), and
     # how many words two readers' edited texts may differ by and still agree.
     readings_per_task = models.PositiveSmallIntegerField(default=1)
@@ -1014,7 +1017,8 @@ class ComparisonState(models.TextChoices):
 class Comparison(models.Model):
     """A blind comparison an admin started: a random sample of drafted tasks (drawn with
     `seed`, recorded so it can be drawn again) redrafted with a candidate prompt version,
-    whose drafts readers judge in their queue without knowing which version made them."""
+    whose drafts readers judge in their queue without knowing which version made them.
+    Served while `open`."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
     prompt_template = models.ForeignKey(
@@ -1023,6 +1027,7 @@ class Comparison(models.Model):
     model_revision = models.CharField(max_length=100, blank=True)
     sample_size = models.PositiveIntegerField()
     seed = models.BigIntegerField()
+    open = models.BooleanField(default=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -4,18 +4,22 @@ never the tasks or labels, so it costs the same at 10,000 tasks as at 1,000,000.
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from annotations import counters, insights, selectors
-from annotations.access import project_for_user, role_in
-from annotations.models import Project, Role
+from annotations import comparisons, counters, insights, selectors
+from annotations.access import Can, capabilities, project_for_user, role_in
+from annotations.forms import ComparisonForm
+from annotations.models import Comparison, Project, Role
 from annotations.sentinels import sentinel_catch_rates
 
+# The newest comparisons shown with their results (each reads its own sample only).
+SHOWN_COMPARISONS = 5
 # Who runs studies: the project's admins and researchers (and superusers, as admins).
 INSIGHT_ROLES = frozenset({Role.ADMIN, Role.RESEARCHER})
 POLL_SECONDS = 60
@@ -40,6 +44,32 @@ def _dashboard(project: Project) -> dict:
     )
 
 
+def _comparison_for_user(request: HttpRequest, comparison_id: int) -> Comparison:
+    """A comparison of a project the user manages: 404 for another project's (or none),
+    403 for a member who is not its admin."""
+    comparison = Comparison.objects.filter(pk=comparison_id).first()
+    if comparison is None:
+        raise Http404("No such comparison")
+    project_for_user(request.user, comparison.project_id, Can.MANAGE)
+    return comparison
+
+
+def _comparisons(project: Project, user, form: ComparisonForm | None = None) -> dict:
+    """The blind comparisons part: the newest with their results, and the form to start
+    one (for those who manage the project)."""
+    shown = list(comparisons.project_comparisons(project)[:SHOWN_COMPARISONS])
+    manages = Can.MANAGE in capabilities(user, project)
+    versions = list(project.prompt_templates.order_by("-version").values_list("version", flat=True))
+    if manages and form is None:
+        form = ComparisonForm(versions=versions)
+    return {
+        "comparisons": [(c, comparisons.comparison_results(c)) for c in shown],
+        "comparison_form": form if manages else None,
+        "comparison_columns": comparisons.RESULT_COLUMNS,
+        "prompt_versions": versions,
+    }
+
+
 @require_GET
 @login_required
 def project_insights(request: HttpRequest, project_id: int) -> HttpResponse:
@@ -49,7 +79,48 @@ def project_insights(request: HttpRequest, project_id: int) -> HttpResponse:
     template = "annotations/insights.html"
     if request.htmx:
         template += "#figures"
+    else:
+        context |= _comparisons(project, request.user)
     return render(request, template, context)
+
+
+@require_POST
+@login_required
+def project_comparison_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Start a blind comparison (the project's admins): a random sample of drafted tasks
+    redrafted with a candidate prompt version. A refused form comes back with the page."""
+    project = project_for_user(request.user, project_id, Can.MANAGE)
+    versions = list(project.prompt_templates.values_list("version", flat=True))
+    form = ComparisonForm(request.POST, versions=versions)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            comparison = comparisons.comparison_start(
+                project=project,
+                prompt_template=project.prompt_templates.get(version=data["prompt_version"]),
+                model_revision=data["model_revision"],
+                sample_size=data["sample_size"],
+                actor=request.user,
+            )
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            n = comparison.drafts.count()
+            messages.success(request, f"Comparison started: {n} task(s) are being redrafted.")
+            return redirect("project-insights", project_id=project.pk)
+    context = {"project": project, "poll_seconds": POLL_SECONDS, **_dashboard(project)}
+    context |= _comparisons(project, request.user, form)
+    return render(request, "annotations/insights.html", context, status=422)
+
+
+@require_POST
+@login_required
+def comparison_close(request: HttpRequest, comparison_id: int) -> HttpResponse:
+    """Stop serving a comparison's drafts (its admins); its results stay."""
+    comparison = _comparison_for_user(request, comparison_id)
+    comparisons.comparison_close(comparison=comparison, actor=request.user)
+    messages.success(request, "Comparison closed: its drafts are no longer served.")
+    return redirect("project-insights", project_id=comparison.project_id)
 
 
 @require_GET

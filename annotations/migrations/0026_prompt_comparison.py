@@ -70,6 +70,7 @@ class Migration(migrations.Migration):
                 ("model_revision", models.CharField(blank=True, max_length=100)),
                 ("sample_size", models.PositiveIntegerField()),
                 ("seed", models.BigIntegerField()),
+                ("open", models.BooleanField(default=True)),
                 ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
@@ -155,6 +156,11 @@ class Migration(migrations.Migration):
             model_name="label",
             name="rouge_l",
             field=models.FloatField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name="project",
+            name="comparison_open",
+            field=models.BooleanField(default=False),
         ),
         migrations.AddConstraint(
             model_name="draft",
