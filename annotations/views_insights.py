@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from annotations import comparisons, counters, insights, selectors
-from annotations.access import Can, capabilities, project_for_user, role_in
+from annotations.access import Can, capabilities_of, project_for_user, role_in
 from annotations.forms import ComparisonForm
 from annotations.models import Comparison, Project, Role
 from annotations.sentinels import sentinel_catch_rates
@@ -29,7 +29,8 @@ def _project_for_insights(request: HttpRequest, project_id: int) -> Project:
     """The project, if the user may see its insights: 404 for a project they are not in,
     403 for a member whose role is not admin or researcher."""
     project = project_for_user(request.user, project_id)
-    if role_in(request.user, project) not in INSIGHT_ROLES:
+    project.viewer_role = role_in(request.user, project)  # read once: the page asks again
+    if project.viewer_role not in INSIGHT_ROLES:
         raise PermissionDenied("Only the project's admins and researchers see its insights.")
     return project
 
@@ -54,14 +55,16 @@ def _comparison_for_user(request: HttpRequest, comparison_id: int) -> Comparison
     return comparison
 
 
-def _comparisons(project: Project, user, form: ComparisonForm | None = None) -> dict:
+def _comparisons(project: Project, *, manages: bool, form: ComparisonForm | None = None) -> dict:
     """The blind comparisons part: the newest with their results, and the form to start
     one (for those who manage the project)."""
     shown = list(comparisons.project_comparisons(project)[:SHOWN_COMPARISONS])
-    manages = Can.MANAGE in capabilities(user, project)
-    versions = list(project.prompt_templates.order_by("-version").values_list("version", flat=True))
-    if manages and form is None:
-        form = ComparisonForm(versions=versions)
+    versions = []
+    if manages:
+        versions = list(
+            project.prompt_templates.order_by("-version").values_list("version", flat=True)
+        )
+        form = form or ComparisonForm(versions=versions)
     return {
         "comparisons": [(c, comparisons.comparison_results(c)) for c in shown],
         "comparison_form": form if manages else None,
@@ -80,7 +83,8 @@ def project_insights(request: HttpRequest, project_id: int) -> HttpResponse:
     if request.htmx:
         template += "#figures"
     else:
-        context |= _comparisons(project, request.user)
+        manages = Can.MANAGE in capabilities_of(request.user, project.viewer_role)
+        context |= _comparisons(project, manages=manages)
     return render(request, template, context)
 
 
@@ -109,7 +113,7 @@ def project_comparison_start(request: HttpRequest, project_id: int) -> HttpRespo
             messages.success(request, f"Comparison started: {n} task(s) are being redrafted.")
             return redirect("project-insights", project_id=project.pk)
     context = {"project": project, "poll_seconds": POLL_SECONDS, **_dashboard(project)}
-    context |= _comparisons(project, request.user, form)
+    context |= _comparisons(project, manages=True, form=form)
     return render(request, "annotations/insights.html", context, status=422)
 
 

@@ -370,3 +370,36 @@ def test_the_results_set_both_arms_side_by_side_with_intervals(people, prompt, c
     body = page.content.decode()
     assert f"<td>{insights.wilson(1, 3).as_percent()}</td>" in body
     assert "candidate (prompt v7)" in body
+
+
+# The worker, end to end, on the tiny model --------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_drafts_candidates_with_the_candidate_prompt(demo_model_dir, tmp_path):
+    from inference.backends.transformers import TransformersBackend
+    from inference.services import comparison_draft_run, drafts_run
+    from tests.test_drafting import photos, queue
+
+    backend = TransformersBackend(str(demo_model_dir), max_new_tokens=12)
+    project = services.project_create(name="Comparing", modality="pathology")
+    tasks = queue(project, *photos(tmp_path, 2))
+    drafts_run(backend=backend, batch_size=2, project_id=project.pk)
+    baseline = {t.pk: Task.objects.get(pk=t.pk).latest_draft().pk for t in tasks}
+    candidate = PromptTemplate.objects.create(
+        project=project, version=2, instruction="Name the main colour of this picture."
+    )
+    with mock.patch.object(comparisons.messages, "send_many", return_value=2):
+        comparison = comparisons.comparison_start(
+            project=project, prompt_template=candidate, model_revision="", sample_size=2
+        )
+    for draft in comparison.drafts.all():
+        assert comparison_draft_run(draft.pk, backend=backend)
+        assert not comparison_draft_run(draft.pk, backend=backend)  # a redelivery: nothing
+    for draft in comparison.drafts.all():
+        assert draft.state == "drafted" and draft.text
+        assert "Name the main colour of this picture." in draft.prompt
+        assert draft.baseline_id == baseline[draft.task_id]
+        task = Task.objects.get(pk=draft.task_id)
+        assert task.latest_draft().pk == baseline[task.pk] and task.drafts.count() == 1
+        assert task.state == TaskState.DRAFTED
