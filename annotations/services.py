@@ -1114,10 +1114,10 @@ def task_for_decision(task_id: int, user: AbstractBaseUser | None) -> Task | Non
     decision needs, read in one statement once the lock is held: its project and image,
     `role` (the user's in the project, None if not a member or no user), `draft_pk` and
     `draft_text` (its newest draft), `draft_arms` (each of its drafts' prompt version and
-    model revision, for the comparison rollup), `adjudicated` (the adjudication's decision, blank if
-    none), `readings` (its labels, oldest first) and `ahead` (the user's next task claimed
-    ahead while they read this one, with its page; None if none). None if there is no such
-    task. Every
+    model revision, for the comparison rollup), `adjudicated` (the adjudication's
+    decision, blank if none), `readings` (its labels, oldest first) and `ahead` (the
+    user's next task claimed ahead while they read this one, with its page; None if none).
+    None if there is no such task. Every
     reading's write loads its task so (the review queue's hot path among them): plain SQL,
     nothing compiled per request."""
     # The lock first, in a statement of its own: a statement that waits for it keeps the
