@@ -4,10 +4,13 @@ page shows from them.
 A decision's figures are added in the decision's own statement (`review_day_sql`, one
 UPSERT among `services._review_settle`'s parts): a reading counts on the day it was first
 made (UTC), as it stands now; a changed decision takes its old figures away and adds its
-new ones, an undo the reverse. Drafting writes add to `DraftDay` the same way. The page
-sums these rows (days x readers), so its cost does not grow with the project's tasks.
-`recount` rebuilds both from the labels and drafts (`manage.py recount_projects`, the
-migration's backfill).
+new ones, an undo the reverse. Drafting writes add to `DraftDay` the same way. The prompt
+and model comparison keeps `ArmDay` (prompt version x model revision x day) alike: drafts
+and their ROUGE-L against the manifest's reference when stored, readings and the draft's
+ROUGE-L against the kept text in the decision's statement (a second UPSERT there, its rows
+in one JSON parameter). The page sums these rows (days x readers, days x arms), so its
+cost does not grow with the project's tasks. `recount` rebuilds them all from the labels
+and drafts (`manage.py recount_projects`, the migrations' backfills).
 """
 
 from __future__ import annotations
