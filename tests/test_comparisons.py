@@ -258,6 +258,10 @@ def test_readers_are_served_candidate_drafts_blind_and_readings_are_not_labels(
         assert tell not in body.lower(), tell
     form = form_of(page)
     assert form["text"] == CANDIDATE
+    # Starting again (a reload, a second tab) shows the same candidate draft.
+    again = client.post(reverse("review-start", args=[people.project.pk]))
+    assert again["Location"] == reverse("task-detail", args=[task.pk])
+    assert CANDIDATE in client.get(again["Location"]).content.decode()
     audited = list(AuditEvent.objects.filter(task=task))
     edited = "Lobular carcinoma in situ, classic type."
     data = form | {"decision": "edited", "text": edited, "category": "wording only"}
