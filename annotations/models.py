@@ -1040,7 +1040,7 @@ class Comparison(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Comparison {self.pk} of prompt v{self.prompt_template_id}"
+        return f"Comparison {self.pk} in project {self.project_id}"
 
 
 class ComparisonDraft(models.Model):
