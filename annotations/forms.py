@@ -282,6 +282,26 @@ class SentinelForm(forms.Form):
     )
 
 
+class ComparisonForm(forms.Form):
+    """An admin's blind comparison: a candidate prompt version redrafts a random sample."""
+
+    prompt_version = forms.TypedChoiceField(label="Candidate prompt version", coerce=int)
+    model_revision = forms.CharField(
+        label="Model revision the workers run",
+        max_length=100,
+        required=False,
+        help_text="Recorded with the comparison; each candidate draft keeps the revision "
+        "that made it.",
+    )
+    sample_size = forms.IntegerField(
+        label="Tasks to redraft", min_value=1, max_value=500, initial=50
+    )
+
+    def __init__(self, *args, versions: list[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["prompt_version"].choices = [(v, f"v{v}") for v in versions or []]
+
+
 class AdjudicationForm(forms.Form):
     """An adjudicator's final label on a task whose readers disagree."""
 

@@ -4,10 +4,13 @@ page shows from them.
 A decision's figures are added in the decision's own statement (`review_day_sql`, one
 UPSERT among `services._review_settle`'s parts): a reading counts on the day it was first
 made (UTC), as it stands now; a changed decision takes its old figures away and adds its
-new ones, an undo the reverse. Drafting writes add to `DraftDay` the same way. The page
-sums these rows (days x readers), so its cost does not grow with the project's tasks.
-`recount` rebuilds both from the labels and drafts (`manage.py recount_projects`, the
-migration's backfill).
+new ones, an undo the reverse. Drafting writes add to `DraftDay` the same way. The prompt
+and model comparison keeps `ArmDay` (prompt version x model revision x day) alike: drafts
+and their ROUGE-L against the manifest's reference when stored, readings and the draft's
+ROUGE-L against the kept text in the decision's statement (a second UPSERT there, its rows
+in one JSON parameter). The page sums these rows (days x readers, days x arms), so its
+cost does not grow with the project's tasks. `recount` rebuilds them all from the labels
+and drafts (`manage.py recount_projects`, the migrations' backfills).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection, transaction
 
-from annotations.models import DraftDay, ReviewDay
+from annotations.models import ArmDay, DraftDay, ReviewDay
 
 # Time on task buckets, lower bounds in seconds; the last is open.
 TIME_BUCKETS: tuple[int, ...] = (0, 5, 10, 20, 40, 80, 160, 320, 640)
@@ -77,19 +80,7 @@ def reading_figures(state: Mapping | None) -> dict:
 
 def figures_delta(before: Mapping | None, after: Mapping | None) -> dict:
     """A reading's change, from state `before` to `after`, as figures to add."""
-    old, new = reading_figures(before), reading_figures(after)
-    delta: dict = {}
-    for name in NUMBER_FIELDS:
-        n = new.get(name, 0) - old.get(name, 0)
-        if n:
-            delta[name] = n
-    for name in JSON_FIELDS:
-        counts = Counter(new.get(name, {}))
-        counts.subtract(old.get(name, {}))
-        kept = {k: n for k, n in counts.items() if n}
-        if kept:
-            delta[name] = kept
-    return delta
+    return _delta(reading_figures(before), reading_figures(after), NUMBER_FIELDS, JSON_FIELDS)
 
 
 def _json_add(table: str, column: str) -> str:
@@ -133,6 +124,120 @@ def review_day_sql(
     """`delta` (`figures_delta`) added to the reader's day of a reading made at `made_at`,
     as one UPSERT (a row made on first use), for `services._execute_together`."""
     return _REVIEW_SQL, [project_id, reviewer_id, day_of(made_at), json.dumps(dict(delta))]
+
+
+# The prompt and model comparison ----------------------------------------------------------
+
+# An arm: (prompt version, 0 for the modality's built-in prompt; model revision).
+Arm = tuple[int, str]
+ARM_NUMBER_FIELDS = (
+    "drafts",
+    "ref_n",
+    "ref_sum",
+    "ref_sq",
+    "readings",
+    "accepted",
+    "edited",
+    "rejected",
+    "rouge_n",
+    "rouge_sum",
+    "rouge_sq",
+)
+ARM_JSON_FIELDS = ("edit_hist", "categories")
+_ARM_FLOAT_FIELDS = {"ref_sum", "ref_sq", "rouge_sum", "rouge_sq"}
+
+
+def arm_reading_figures(state: Mapping | None) -> dict:
+    """What one reading (a label's state; None: no reading) adds to its draft's arm: the
+    decision, the category, the edit size and ROUGE-L of the draft against the kept text."""
+    if not state:
+        return {}
+    figures = reading_figures(state)
+    kept = {k: figures[k] for k in ("readings", "edit_hist", "categories") if k in figures}
+    kept[state["decision"]] = 1
+    rouge = state.get("rouge_l")
+    if state["decision"] != "rejected" and rouge is not None:
+        kept |= {"rouge_n": 1, "rouge_sum": rouge, "rouge_sq": rouge * rouge}
+    return kept
+
+
+def _delta(old: Mapping, new: Mapping, numbers: Sequence[str], jsons: Sequence[str]) -> dict:
+    delta: dict = {}
+    for name in numbers:
+        n = new.get(name, 0) - old.get(name, 0)
+        if n:
+            delta[name] = n
+    for name in jsons:
+        counts = Counter(new.get(name, {}))
+        counts.subtract(old.get(name, {}))
+        kept = {k: n for k, n in counts.items() if n}
+        if kept:
+            delta[name] = kept
+    return delta
+
+
+def arms_delta(
+    before: Mapping | None, after: Mapping | None, arms: Mapping[int, Arm]
+) -> dict[Arm, dict]:
+    """A reading's change as figures to add to the arms of the drafts it judged before and
+    after (`arms`: draft id -> arm; a reading can move to a newer draft's arm)."""
+    old_arm = arms.get(before["draft"]) if before else None
+    new_arm = arms.get(after["draft"]) if after else None
+    old, new = arm_reading_figures(before), arm_reading_figures(after)
+    if old_arm == new_arm:
+        delta = _delta(old, new, ARM_NUMBER_FIELDS, ARM_JSON_FIELDS)
+        return {new_arm: delta} if delta and new_arm is not None else {}
+    out = {}
+    if old_arm is not None and old:
+        out[old_arm] = _delta(old, {}, ARM_NUMBER_FIELDS, ARM_JSON_FIELDS)
+    if new_arm is not None and new:
+        out[new_arm] = _delta({}, new, ARM_NUMBER_FIELDS, ARM_JSON_FIELDS)
+    return out
+
+
+# Every row goes in one JSON parameter: the decision's statement, which this joins, keeps
+# few enough parameters for psycopg to cache its parsing (at most 50).
+_ARM_SQL = (
+    "INSERT INTO annotations_armday AS a (project_id, prompt_version, model_revision, day, "
+    + ", ".join((*ARM_NUMBER_FIELDS, *ARM_JSON_FIELDS))
+    + ") SELECT (x.j->>'project')::bigint, (x.j->>'version')::int, x.j->>'revision', "
+    "(x.j->>'day')::date, "
+    + ", ".join(
+        f"COALESCE((x.j->>'{f}')::{'float8' if f in _ARM_FLOAT_FIELDS else 'bigint'}, 0)"
+        for f in ARM_NUMBER_FIELDS
+    )
+    + ", "
+    + ", ".join(f"COALESCE(x.j->'{f}', '{{}}'::jsonb)" for f in ARM_JSON_FIELDS)
+    + " FROM jsonb_array_elements(%s::jsonb) x(j) "
+    "ON CONFLICT (project_id, prompt_version, model_revision, day) DO UPDATE SET "
+    + ", ".join(f"{f} = a.{f} + EXCLUDED.{f}" for f in ARM_NUMBER_FIELDS)
+    + ", "
+    + ", ".join(_json_add("a", f) for f in ARM_JSON_FIELDS)
+)
+
+
+def arm_day_sql(project_id: int, at: datetime, deltas: Mapping[Arm, Mapping]) -> tuple[str, list]:
+    """`deltas` (arm -> figures to add) added to the arms' days of `at`, as one UPSERT (rows
+    made on first use), for `services._execute_together` or a cursor."""
+    day = day_of(at).isoformat()
+    rows = [
+        {"project": project_id, "version": version, "revision": revision, "day": day, **delta}
+        for (version, revision), delta in deltas.items()
+        if delta
+    ]
+    return _ARM_SQL, [json.dumps(rows)]
+
+
+def draft_arm_add(
+    project_id: int, at: datetime, arm: Arm, *, rouge_reference: float | None
+) -> None:
+    """Count a stored draft in its arm's day, with its ROUGE-L against the reference: one
+    UPSERT, in the caller's transaction."""
+    figures: dict = {"drafts": 1}
+    if rouge_reference is not None:
+        figures |= {"ref_n": 1, "ref_sum": rouge_reference, "ref_sq": rouge_reference**2}
+    with connection.cursor() as cursor:
+        cursor.execute(*arm_day_sql(project_id, at, {arm: figures}))
 
 
 _DRAFT_SQL = """
@@ -212,7 +317,16 @@ WHERE action = 'task.state' AND after ->> 'state' = 'failed'
 
 
 def recount(project_ids: Iterable[int] | None = None, *, using=None) -> None:
-    """Rebuild the rollups of `project_ids` (None: every project) from the labels, the
+    """Rebuild the rollups of `project_ids` (None: every project): `days_recount` and
+    `arms_recount`, in one transaction."""
+    conn = using or connection
+    with transaction.atomic(using=conn.alias):
+        days_recount(project_ids, using=conn)
+        arms_recount(project_ids, using=conn)
+
+
+def days_recount(project_ids: Iterable[int] | None = None, *, using=None) -> None:
+    """Rebuild the daily rollups of `project_ids` (None: every project) from the labels, the
     drafts and the failures' audit rows (queue depths seen are not kept anywhere else and
     start again at zero). Plain SQL, so that a migration can call it. A repair: writes to
     the rollups (decisions, drafts) wait until it commits."""
@@ -260,6 +374,58 @@ def recount(project_ids: Iterable[int] | None = None, *, using=None) -> None:
             )
 
 
+_ARM_LABELS = """
+SELECT t.project_id, COALESCE(pt.version, 0), d.model_revision, l.created_at, l.decision,
+       l.edit_words, l.category, l.rouge_l
+FROM annotations_label l JOIN annotations_task t ON t.id = l.task_id
+JOIN annotations_draft d ON d.id = l.draft_id
+LEFT JOIN annotations_prompttemplate pt ON pt.id = d.prompt_template_id
+WHERE %s OR t.project_id = ANY(%s)
+"""
+
+_ARM_DRAFTS = """
+INSERT INTO annotations_armday (project_id, prompt_version, model_revision, day, drafts,
+    ref_n, ref_sum, ref_sq, readings, accepted, edited, rejected, edit_hist, categories,
+    rouge_n, rouge_sum, rouge_sq)
+SELECT t.project_id, COALESCE(pt.version, 0), d.model_revision,
+    (d.created_at AT TIME ZONE 'UTC')::date, count(*), count(d.rouge_reference),
+    COALESCE(sum(d.rouge_reference), 0), COALESCE(sum(d.rouge_reference ^ 2), 0),
+    0, 0, 0, 0, '{}'::jsonb, '{}'::jsonb, 0, 0, 0
+FROM annotations_draft d JOIN annotations_task t ON t.id = d.task_id
+LEFT JOIN annotations_prompttemplate pt ON pt.id = d.prompt_template_id
+WHERE %s OR t.project_id = ANY(%s)
+GROUP BY 1, 2, 3, 4
+"""
+
+
+def arms_recount(project_ids: Iterable[int] | None = None, *, using=None) -> None:
+    """Rebuild the comparison rollup (`ArmDay`) of `project_ids` (None: every project) from
+    the drafts and the labels. A repair, like `days_recount`."""
+    conn = using or connection
+    ids = None if project_ids is None else sorted(set(project_ids))
+    scope = [ids is None, ids or []]
+    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        cursor.execute("LOCK TABLE annotations_armday IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute("DELETE FROM annotations_armday WHERE %s OR project_id = ANY(%s)", scope)
+        cursor.execute(_ARM_DRAFTS, scope)
+        cursor.execute(_ARM_LABELS, scope)
+        arms: dict[tuple, dict] = {}
+        for project, version, revision, at, decision, words, category, rouge in cursor.fetchall():
+            state = {
+                "decision": decision,
+                "edit_words": words,
+                "category": category,
+                "rouge_l": rouge,
+                "draft": 0,
+            }
+            key = (project, day_of(at), (version, revision))
+            arms[key] = _added(
+                arms.get(key, {}), arms_delta(None, state, {0: key[2]}).get(key[2], {})
+            )
+        for (project, day, arm), delta in arms.items():
+            cursor.execute(*arm_day_sql(project, _noon(day), {arm: delta}))
+
+
 def _noon(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
 
@@ -267,7 +433,7 @@ def _noon(day: date) -> datetime:
 def _added(total: dict, delta: Mapping) -> dict:
     out = dict(total)
     for name, value in delta.items():
-        if name in JSON_FIELDS:
+        if name in JSON_FIELDS or name in ARM_JSON_FIELDS:
             merged = Counter(out.get(name, {}))
             merged.update(value)
             out[name] = dict(merged)
@@ -462,12 +628,16 @@ def dashboard(
     totals = _totals(rows)
     readers = per_reader(rows)
     plots = _plots(rows, drafting, totals, readers, catch_rates)
+    arms = comparison_arms(arm_rows(project.pk))
     return {
         "totals": totals,
         "readers": readers,
         "plots": plots,
         "charts": [p.chart() for p in plots],
-        "summary": study_summary(totals, catch_rates),
+        "summary": study_summary(totals, catch_rates, arms),
+        "arms": arms,
+        "arms_summary": arms_summary(arms),
+        "arm_columns": COMPARISON_COLUMNS,
         "agreement": agreement,
         "backlog": counts.get("disagreement", 0),
         "coverage": coverage(project, rows, counts, today),
@@ -678,9 +848,15 @@ class SummaryRow:
 SUMMARY_COLUMNS = ["Figure", "Value", "95% low", "95% high", "n", "How"]
 
 
-def study_summary(totals: Mapping, catch_rates: Sequence) -> list[SummaryRow]:
+def study_summary(
+    totals: Mapping, catch_rates: Sequence, arms: Sequence[ArmRow] = ()
+) -> list[SummaryRow]:
     """The figures reader studies of AI-drafted reports give, each with its 95% interval."""
     n = totals["readings"]
+    every = {
+        name: sum(getattr(a, name) for a in arms)
+        for name in ("rouge_n", "rouge_sum", "rouge_sq", "ref_n", "ref_sum", "ref_sq")
+    }
     read = sum(c.read for c in catch_rates)
     caught = sum(c.caught for c in catch_rates)
     return [
@@ -708,7 +884,20 @@ def study_summary(totals: Mapping, catch_rates: Sequence) -> list[SummaryRow]:
             "Wilson, of accepts",
         ),
         SummaryRow("Sentinel catch rate", wilson(caught, read), " %", 100, "Wilson"),
-        SummaryRow("ROUGE-L", None, "", 1, "not computed here yet (prompt and model comparison)"),
+        SummaryRow(
+            "ROUGE-L, draft vs validated text",
+            mean_interval(every["rouge_sum"], every["rouge_sq"], every["rouge_n"]),
+            "",
+            100,
+            "mean F-measure x 100 (accepted and edited), normal approximation",
+        ),
+        SummaryRow(
+            "ROUGE-L, draft vs reference",
+            mean_interval(every["ref_sum"], every["ref_sq"], every["ref_n"]),
+            "",
+            100,
+            "mean F-measure x 100 (drafts with a manifest reference), normal approximation",
+        ),
     ]
 
 
@@ -725,3 +914,118 @@ def as_csv(columns: Sequence[str], rows: Iterable[Sequence]) -> str:
     for row in rows:
         writer.writerow([csv_safe(c) for c in row])
     return out.getvalue()
+
+
+# The prompt and model comparison table -------------------------------------------------------
+
+
+def arm_rows(project_id: int) -> list[dict]:
+    """Every arm-day of the project (one query; arms x days, not drafts)."""
+    return list(ArmDay.objects.filter(project_id=project_id).values())
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    """One arm of the comparison, its days summed."""
+
+    prompt_version: int
+    model_revision: str
+    drafts: int
+    readings: int
+    accepted: int
+    edited: int
+    rejected: int
+    edit_hist: dict
+    categories: dict
+    rouge_n: int
+    rouge_sum: float
+    rouge_sq: float
+    ref_n: int
+    ref_sum: float
+    ref_sq: float
+
+    @property
+    def prompt(self) -> str:
+        return f"v{self.prompt_version}" if self.prompt_version else "built-in"
+
+    @property
+    def revision(self) -> str:
+        return self.model_revision or "unknown"
+
+    @property
+    def acceptance(self) -> Estimate:
+        return wilson(self.accepted, self.readings)
+
+    @property
+    def median_edit_words(self) -> float | None:
+        return histogram_median(self.edit_hist, EDIT_BUCKETS)
+
+    @property
+    def rouge(self) -> Estimate:
+        return mean_interval(self.rouge_sum, self.rouge_sq, self.rouge_n)
+
+    @property
+    def rouge_reference(self) -> Estimate:
+        return mean_interval(self.ref_sum, self.ref_sq, self.ref_n)
+
+    @property
+    def reject_categories(self) -> str:
+        ordered = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{k}: {n}" for k, n in ordered if n) or "—"
+
+    def cells(self) -> list[str]:
+        median = self.median_edit_words
+        return [
+            self.prompt,
+            self.revision,
+            str(self.drafts),
+            str(self.readings),
+            self.acceptance.as_percent(),
+            "—" if median is None else f"{median:.1f}",
+            self.reject_categories,
+            self.rouge.as_text(scale=100),
+            self.rouge_reference.as_text(scale=100),
+        ]
+
+
+COMPARISON_COLUMNS = [
+    "Prompt",
+    "Model revision",
+    "Drafts",
+    "Readings",
+    "Acceptance rate (95% interval)",
+    "Median edit (words, approx.)",
+    "Correction categories",
+    "ROUGE-L vs validated (95% interval)",
+    "ROUGE-L vs reference (95% interval)",
+]
+
+
+def comparison_arms(rows: Iterable[Mapping]) -> list[ArmRow]:
+    """The arms of the project's drafts (prompt version x model revision), days summed,
+    in prompt version order."""
+    by_arm: dict[Arm, list] = {}
+    for row in rows:
+        by_arm.setdefault((row["prompt_version"], row["model_revision"]), []).append(row)
+    arms = []
+    for (version, revision), mine in sorted(by_arm.items()):
+        numbers = {name: sum(r[name] for r in mine) for name in ARM_NUMBER_FIELDS}
+        jsons = {name: dict(_sum_json(mine, name)) for name in ARM_JSON_FIELDS}
+        if numbers["drafts"] or numbers["readings"]:
+            arms.append(ArmRow(version, revision, **numbers, **jsons))
+    return arms
+
+
+def arms_summary(arms: Sequence[ArmRow]) -> str:
+    """The comparison in a sentence or two, for screen readers."""
+    if not arms:
+        return "No drafts yet: nothing to compare."
+    return (
+        "; ".join(
+            f"prompt {a.prompt}, model {a.revision}: {a.drafts} drafts, {a.readings} readings, "
+            f"acceptance {a.acceptance.as_percent()}, ROUGE-L vs validated "
+            f"{a.rouge.as_text(scale=100)}"
+            for a in arms
+        )
+        + "."
+    )

@@ -107,6 +107,9 @@ class Project(models.Model):
     fast_accept_seconds = models.PositiveIntegerField(default=5)
     # The share of the claimed queue served as sentinels: drafts with a deliberate error.
     sentinel_share = models.FloatField(default=0.0)
+    # A blind comparison is open: its candidate drafts are drawn into the claimed queue.
+    # Read with the project on the decision's hot path, so a closed one costs no query.
+    comparison_open = models.BooleanField(default=False)
     # Double reading: how many different readers read each task (1: a single reading), and
     # how many words two readers' edited texts may differ by and still agree.
     readings_per_task = models.PositiveSmallIntegerField(default=1)
@@ -515,11 +518,19 @@ class Draft(models.Model):
     tokens_out = models.PositiveIntegerField()
     seconds = models.FloatField(help_text="Seconds in generate (shared by a batch)")
     seconds_total = models.FloatField(default=0, help_text="Seconds from claim to stored draft")
+    # ROUGE-L against the manifest's reference text (0 to 1), computed when stored; null
+    # where the task has no reference.
+    rouge_reference = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["task", "attempt"], name="draft_once_per_attempt"),
+            models.CheckConstraint(
+                condition=Q(rouge_reference__gte=0, rouge_reference__lte=1)
+                | Q(rouge_reference=None),
+                name="draft_rouge_reference_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -559,6 +570,9 @@ class Label(models.Model):
     time_on_task_ms = models.PositiveBigIntegerField(null=True, blank=True)
     # An accept faster than the project's fast_accept_seconds.
     fast_accept = models.BooleanField(default=False)
+    # ROUGE-L of the judged draft against the kept text: 1 for an accept, null for a
+    # reject (nothing was kept).
+    rouge_l = models.FloatField(null=True, blank=True)
     # The signature of the current decision, where the project asks for one (§11.50): the
     # signer's printed name, when, and what signing meant. Blank: not signed.
     signed_by_name = models.CharField(max_length=300, blank=True)
@@ -586,6 +600,10 @@ class Label(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(decision="rejected") | ~Q(text=""), name="label_kept_text_not_empty"
+            ),
+            models.CheckConstraint(
+                condition=Q(rouge_l__gte=0, rouge_l__lte=1) | Q(rouge_l=None),
+                name="label_rouge_l_range",
             ),
         ]
 
@@ -1022,3 +1040,147 @@ class DraftDay(models.Model):
 
     def __str__(self) -> str:
         return f"Drafting of {self.project_id} on {self.day}"
+
+
+class ArmDay(models.Model):
+    """One arm of a project's prompt and model comparison (a prompt version, 0 for the
+    modality's built-in prompt, and a model revision) on one day (UTC): its drafts, by
+    their creation, with ROUGE-L against the manifest's reference; and the readings of its
+    drafts, by the day each was first made, as they stand now (a changed decision moves
+    its figures, an undo takes them back). Kept with the draft's write and in the
+    decision's own statement (`annotations.insights`), like ReviewDay and DraftDay."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    prompt_version = models.PositiveIntegerField()
+    model_revision = models.CharField(max_length=100, blank=True)
+    day = models.DateField()
+    drafts = models.BigIntegerField(default=0)
+    # Drafts with a reference text: ROUGE-L count, sum and sum of squares.
+    ref_n = models.BigIntegerField(default=0)
+    ref_sum = models.FloatField(default=0)
+    ref_sq = models.FloatField(default=0)
+    readings = models.BigIntegerField(default=0)
+    accepted = models.BigIntegerField(default=0)
+    edited = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    edit_hist = models.JSONField(default=dict)  # {bucket: readings}, insights.EDIT_BUCKETS
+    categories = models.JSONField(default=dict)  # {correction category: readings}
+    # Kept texts (accepted or edited): ROUGE-L of the draft against them.
+    rouge_n = models.BigIntegerField(default=0)
+    rouge_sum = models.FloatField(default=0)
+    rouge_sq = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "prompt_version", "model_revision", "day"], name="armday_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Prompt v{self.prompt_version} / {self.model_revision} in {self.project_id}"
+
+
+class ComparisonState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    DRAFTED = "drafted", "Drafted"
+    FAILED = "failed", "Failed"
+
+
+class Comparison(models.Model):
+    """A blind comparison an admin started: a random sample of drafted tasks (drawn with
+    `seed`, recorded so it can be drawn again) redrafted with a candidate prompt version,
+    whose drafts readers judge in their queue without knowing which version made them.
+    Served while `open`."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    prompt_template = models.ForeignKey(
+        PromptTemplate, on_delete=models.PROTECT, related_name="comparisons"
+    )
+    model_revision = models.CharField(max_length=100, blank=True)
+    sample_size = models.PositiveIntegerField()
+    seed = models.BigIntegerField()
+    open = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(sample_size__gt=0), name="comparison_sample_pos"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk} in project {self.project_id}"
+
+
+class ComparisonDraft(models.Model):
+    """A candidate draft of a comparison for one sampled task. Never the task's draft: the
+    task's drafts, labels, review state and exports do not see it."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="drafts")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="comparison_drafts")
+    # The task's draft when sampled: what the baseline arm's readings judged.
+    baseline = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(
+        max_length=10, choices=ComparisonState.choices, default=ComparisonState.QUEUED
+    )
+    error = models.TextField(blank=True)
+    text = models.TextField(blank=True)
+    backend = models.CharField(max_length=100, blank=True)
+    model_id = models.CharField(max_length=300, blank=True)
+    model_revision = models.CharField(max_length=100, blank=True)
+    prompt = models.TextField(blank=True)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(default=0)
+    truncated = models.BooleanField(default=False)
+    rouge_reference = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    drafted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "task"], name="comparison_task_once"),
+            models.CheckConstraint(
+                condition=Q(state__in=ComparisonState.values), name="comparison_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(state="drafted") | ~Q(text=""), name="comparison_drafted_has_text"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison draft {self.pk} of task {self.task_id}"
+
+
+class ComparisonReading(models.Model):
+    """A reader's decision on a comparison draft: the candidate arm's reading. Never a
+    label, never exported."""
+
+    draft = models.ForeignKey(ComparisonDraft, on_delete=models.CASCADE, related_name="readings")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="comparison_readings"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    category = models.CharField(max_length=80, blank=True)
+    text = models.TextField(blank=True, help_text="The kept text: the draft, or the edit")
+    edit_words = models.PositiveIntegerField(null=True, blank=True)
+    # ROUGE-L of the comparison draft against the task's validated text, where it has one.
+    rouge_l = models.FloatField(null=True, blank=True)
+    client_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["draft", "reviewer"], name="comparison_read_once"),
+            models.CheckConstraint(
+                condition=Q(decision__in=Decision.values), name="comparison_reading_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.reviewer} on comparison draft {self.draft_id}"

@@ -58,6 +58,7 @@ from annotations.previews import preview_send, previews_send
 from annotations.prompts import validate_template
 from annotations.queues import DRAFT_TASK, GPU_QUEUE
 from annotations.regions import validate_regions
+from annotations.rouge import rouge_l
 from annotations.textdiff import char_distance, word_distance
 from imaging import archives, series
 from imaging.patches import PatchSettings
@@ -1077,6 +1078,11 @@ def _label_write(
     else:
         label.edit_chars = char_distance(task.draft_text, final)
         label.edit_words = word_distance(task.draft_text, final)
+    # Of the draft against the kept text; an accept keeps the draft: 1 with nothing to compute.
+    label.rouge_l = {
+        Decision.ACCEPTED: 1.0,
+        Decision.EDITED: rouge_l(task.draft_text, final),
+    }.get(decision)
     label.time_on_task_ms = time_on_task_ms
     fast = project.fast_accept_seconds * 1000
     label.fast_accept = (
@@ -1113,10 +1119,11 @@ def task_for_decision(
     """The task locked for a decision by `user`, in the caller's transaction, with all a
     decision needs, read in one statement once the lock is held: its project and image,
     `role` (the user's in the project, None if not a member or no user), `draft_pk` and
-    `draft_text` (its newest draft), `adjudicated` (the adjudication's decision, blank if
-    none), `readings` (its labels, oldest first) and `ahead` (the user's next task claimed
-    ahead while they read this one, with its page; None if none). None if there is no such
-    task. Every
+    `draft_text` (its newest draft), `draft_arms` (each of its drafts' prompt version and
+    model revision, for the comparison rollup), `adjudicated` (the adjudication's
+    decision, blank if none), `readings` (its labels, oldest first) and `ahead` (the
+    user's next task claimed ahead while they read this one, with its page; None if none).
+    None if there is no such task. Every
     reading's write loads its task so (the review queue's hot path among them): plain SQL,
     nothing compiled per request. `meanwhile`: Python work that needs no answer from the
     database (reading the decision's form), done while PostgreSQL runs the statements."""
@@ -1139,7 +1146,10 @@ def task_for_decision(
     task = _from_row(Task, task_fields, row[:a])
     task.project = _from_row(Project, project_fields, row[a:b])
     task.image = _from_row(Image, image_fields, row[b:c])
-    task.role, task.draft_pk, task.draft_text, task.adjudicated, readings, ahead = row[c:]
+    task.role, task.draft_pk, task.draft_text, arms, task.adjudicated, readings, ahead = row[c:]
+    if isinstance(arms, str):
+        arms = json.loads(arms)
+    task.draft_arms = {int(k): (v[0], v[1]) for k, v in (arms or {}).items()}
     if isinstance(readings, str):
         readings = json.loads(readings)
     task.readings = [_label_from_json(task, r) for r in readings or ()]
@@ -1187,6 +1197,10 @@ SELECT {columns(Task, "t")}, {columns(Project, "p")}, {columns(Image, "i")},
   (SELECT m.role FROM annotations_membership m
    WHERE m.project_id = t.project_id AND m.user_id = %(me)s),
   d.id, d.text,
+  (SELECT json_object_agg(dd.id, json_build_array(COALESCE(pt.version, 0), dd.model_revision))
+   FROM annotations_draft dd
+   LEFT JOIN annotations_prompttemplate pt ON pt.id = dd.prompt_template_id
+   WHERE dd.task_id = t.id),
   COALESCE((SELECT a.decision FROM annotations_adjudication a WHERE a.task_id = t.id), ''),
   (SELECT json_agg(l ORDER BY l.created_at, l.id) FROM annotations_label l
    WHERE l.task_id = t.id),
@@ -1290,7 +1304,8 @@ def _review_settle(
     autosave and claim (`release`: their id), and write `events`. One statement; `task` is
     locked and annotated by `_task_for_decision`. `commit`: see `_execute_together`.
     `reading`: (label, its state before, after) of a reading that changed, for the
-    insights rollups (one more UPSERT in the same statement)."""
+    insights rollups (an UPSERT of the reader's day and one of the drafts' arms, in the
+    same statement)."""
     project = task.project
     state, outcome = review_of(
         readings,
@@ -1341,6 +1356,9 @@ def _review_settle(
             parts.append(
                 insights.review_day_sql(project.pk, changed.reviewer_id, changed.created_at, delta)
             )
+        arms = insights.arms_delta(was, now, task.draft_arms)
+        if arms:
+            parts.append(insights.arm_day_sql(project.pk, changed.created_at, arms))
     if cells_before is not None:
         cells = agreement.cells_delta(cells_before, _agreement_cells(readings, project))
         if cells:
@@ -1535,6 +1553,7 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         else:
             for name in _RESTORED_FIELDS:
                 setattr(label, name, restored[name])
+            label.rouge_l = restored.get("rouge_l")  # not kept by audit rows before it was
             # The earlier version's own signature, if it had one: not the undone one's.
             signed_at = restored.get("signed_at")
             label.signed_at = datetime.fromisoformat(signed_at) if signed_at else None
@@ -1595,6 +1614,7 @@ def _label_state(label: Label | None) -> dict | None:
         "category": label.category,
         "edit_chars": label.edit_chars,
         "edit_words": label.edit_words,
+        "rouge_l": label.rouge_l,
         "time_on_task_ms": label.time_on_task_ms,
         "fast_accept": label.fast_accept,
     } | _signature_state(label)
@@ -2121,6 +2141,9 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
         if task.state != S.DRAFTING or task.attempt != attempt:
             log.warning("task %s: attempt %s lost its claim; draft dropped", task_id, attempt)
             return None
+        reference = (task.metadata or {}).get("reference")
+        if reference and str(reference).strip():
+            fields = {**fields, "rouge_reference": rouge_l(fields["text"], str(reference))}
         draft = Draft.objects.create(task=task, attempt=attempt, **fields)
         task_transition(task_id=task_id, to=S.DRAFTED)
         # The task list's columns of the newest draft.
@@ -2134,7 +2157,20 @@ def draft_record(*, task_id: int, attempt: int, fields: dict[str, Any]) -> Draft
             seconds=draft.seconds_total,
             truncated=draft.truncated,
         )
+        insights.draft_arm_add(
+            task.project_id,
+            draft.created_at,
+            draft_arm(draft),
+            rouge_reference=draft.rouge_reference,
+        )
         return draft
+
+
+def draft_arm(draft: Draft) -> insights.Arm:
+    """A draft's arm of the prompt and model comparison: its prompt version (0 for the
+    modality's built-in prompt) and model revision."""
+    version = draft.prompt_template.version if draft.prompt_template_id else 0
+    return version, draft.model_revision
 
 
 def draft_release(*, task_id: int, attempt: int, lost: str = "") -> None:

@@ -31,6 +31,7 @@ from django_htmx.http import HttpResponseClientRedirect, push_url, reswap, retar
 
 import imaging
 from annotations import (
+    comparisons,
     counters,
     exportjobs,
     exports,
@@ -422,6 +423,10 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     task = task_for_user(request.user, task_id, Can.REVIEW)
     if (sentinel := _sentinel_shown(request, task)) is not None or _sentinel_form(request, task):
         return _sentinel_decide(request, task, sentinel)
+    if (candidate := _comparison_shown(request, task)) is not None or _comparison_form(
+        request, task
+    ):
+        return _comparison_decide(request, task, candidate)
     form = DecisionForm(
         request.POST,
         image_size=(task.image.width, task.image.height),
@@ -492,6 +497,9 @@ def _review_context(
     and label; `kept`: what the reviewer typed in a refused decision, to fill it with."""
     review = selectors.task_review(task, request.user)
     sentinel = _sentinel_shown(request, task) if review["draft"] else None
+    if sentinel is None and review["draft"]:
+        # A comparison's candidate draft stands in the same way, blind to its version.
+        sentinel = _comparison_shown(request, task)
     if sentinel is not None:  # the check draft stands in for the draft, and nothing tells
         review |= {"draft": _as_draft(review["draft"], sentinel), "label": None}
         review |= {"other_labels": [], "n_drafts": 1}
@@ -641,8 +649,12 @@ def _queue_next(request: HttpRequest, project, *, decided: int | None = None) ->
     `decided`: the task whose decision Undo reverts, if the page said."""
     if (sentinel := _sentinel_next(request, project)) is not None:
         return _show_next(request, sentinel.task)
+    if (candidate := _comparison_next(request, project)) is not None:
+        return _show_next(request, candidate.task)
     skipped = request.session.get(_skipped_key(project), [])
     claimed = services.claim_for(project=project, reviewer=request.user, skipped=skipped)
+    if claimed is None and (left := _comparison_next(request, project, always=True)):
+        return _show_next(request, left.task)  # their queue is done: what they have not read
     return _claimed_next(request, project, claimed, decided=decided)
 
 
@@ -655,7 +667,7 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
     statement, the writes, and the next task (rendered ahead, or claimed now) in one
     transaction. None when the general path must answer: check drafts in play, a form
     to send back (422), a conflict (409), a signature's password to check (428)."""
-    if any(key.startswith("review-sentinel-") for key in request.session.keys()):
+    if any(key.startswith(_DRAWN_KEYS) for key in request.session.keys()):
         return None
     user = request.user
     read: list[DecisionForm] = []
@@ -670,7 +682,7 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
             if Can.REVIEW not in capabilities_of(user, task.role):
                 raise PermissionDenied(f"Your role in this project cannot {Can.REVIEW.value}.")
             project = task.project
-            if project.sentinel_share > 0:
+            if _draws_items(project):
                 raise _GeneralPath
             form = read[0]
             form.judged_on(
@@ -728,7 +740,7 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
     sentinel due next is served after the decision, as `_queue_next` would."""
     project = task.project
     skipped = request.session.get(_skipped_key(project), [])
-    if project.sentinel_share > 0:
+    if _draws_items(project):
         services.label_record(**decision)
         request.session[_last_decided_key(project.pk)] = task.pk
         return _queue_next(request, project, decided=task.pk)
@@ -757,7 +769,7 @@ def review_ahead(request: HttpRequest, project_id: int) -> HttpResponse:
     at the decision)."""
     project = project_for_user(request.user, project_id, Can.REVIEW)
     after = request.POST.get("after", "")
-    if not request.htmx or not after.isdigit() or project.sentinel_share > 0:
+    if not request.htmx or not after.isdigit() or _draws_items(project):
         return HttpResponse(status=204)
     skipped = request.session.get(_skipped_key(project), [])
     claimed = services.claim_for(
@@ -933,6 +945,16 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
 # in the HTML tells a check draft from a draft.
 
 
+# Session keys of items drawn into the queue (sentinels, comparison drafts) being shown.
+_DRAWN_KEYS = ("review-sentinel-", "review-comparison-")
+
+
+def _draws_items(project) -> bool:
+    """Whether the project's queue draws check drafts or comparison drafts: then decisions
+    take the general path, which draws them."""
+    return project.sentinel_share > 0 or project.comparison_open
+
+
 def _sentinel_key(project_id: int) -> str:
     return f"review-sentinel-{project_id}"
 
@@ -1004,6 +1026,78 @@ def _sentinel_decide(request: HttpRequest, task, sentinel) -> HttpResponse:
     context = _review_context(request, task) | {"sentinel_reveal": reading}
     template = "annotations/task_detail.html" + ("#decision" if request.htmx else "")
     return render(request, template, context)
+
+
+# Blind comparisons: candidate drafts in the queue ------------------------------------------
+# As with sentinels, the candidate draft shown is kept in the session, never in the page.
+
+
+def _comparison_key(project_id: int) -> str:
+    return f"review-comparison-{project_id}"
+
+
+def _comparison_next(request: HttpRequest, project, *, always: bool = False):
+    """The candidate draft to serve as the reader's next queue item, if one is due (the one
+    already being shown stays until it is decided)."""
+    key = _comparison_key(project.pk)
+    shown = comparisons.comparison_pending(
+        project_id=project.pk, draft_id=request.session.get(key), reviewer=request.user
+    )
+    candidate = shown or comparisons.comparison_for(
+        project=project, reviewer=request.user, always=always
+    )
+    if candidate is None:
+        request.session.pop(key, None)
+    else:
+        request.session[key] = candidate.pk
+    return candidate
+
+
+def _comparison_shown(request: HttpRequest, task):
+    """The candidate draft standing in for `task`'s draft for this reader, if any."""
+    return comparisons.comparison_pending(
+        project_id=task.project_id,
+        draft_id=request.session.get(_comparison_key(task.project_id)),
+        task=task,
+        reviewer=request.user,
+    )
+
+
+def _comparison_form(request: HttpRequest, task):
+    """The reading a candidate draft's decision form already recorded (posted again)."""
+    try:
+        client_id = uuid.UUID(request.POST.get("client_id", ""))
+    except ValueError:
+        return None
+    return comparisons.comparison_reading_of_form(
+        task=task, reviewer=request.user, client_id=client_id
+    )
+
+
+def _comparison_decide(request: HttpRequest, task, candidate) -> HttpResponse:
+    """A decision on a candidate draft: a ComparisonReading (never a label; the task stays
+    as it is), then the reader's next queue item, with nothing revealed."""
+    if candidate is not None:
+        form = DecisionForm(
+            request.POST,
+            image_size=(task.image.width, task.image.height),
+            categories=task.project.correction_categories,
+        )
+        if not form.is_valid():
+            context = _review_context(request, task, form=form)
+            template = "annotations/task_detail.html" + ("#decision" if request.htmx else "")
+            return render(request, template, context, status=422)
+        data = form.cleaned_data
+        comparisons.comparison_reading_record(
+            draft=candidate,
+            reviewer=request.user,
+            decision=data["decision"],
+            text=data["text"],
+            category=data["category"],
+            client_id=data["client_id"],
+        )
+        request.session.pop(_comparison_key(task.project_id), None)
+    return _queue_next(request, task.project)
 
 
 @require_http_methods(["GET", "POST"])

@@ -20,8 +20,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 import imaging
-from annotations import services
-from annotations.models import Draft, PromptTemplate, Task
+from annotations import comparisons, services
+from annotations.models import ComparisonDraft, ComparisonState, Draft, PromptTemplate, Task
 from annotations.prompts import prompt_for
 from imaging import patches
 from inference.backends import BackendError, DraftRequest, DraftResult, get_backend
@@ -310,3 +310,30 @@ def drafts_run(**kwargs) -> LoopStats:
         100 * stats.idle_share,
     )
     return stats
+
+
+def comparison_draft_run(draft_id: int, *, backend=None) -> bool:
+    """Draft a blind comparison's candidate: the task's image, the comparison's prompt
+    version, this worker's model; stored apart from the task's drafts. Whether one was
+    stored (False: drafted already, or failed, the failure kept on it)."""
+    close_old_connections()
+    found = (
+        ComparisonDraft.objects.filter(pk=draft_id, state=ComparisonState.QUEUED)
+        .select_related("task__project", "task__image", "comparison__prompt_template")
+        .first()
+    )
+    if found is None:
+        return False
+    job = job_prepare(found.task, found.comparison.prompt_template)
+    if job.error:
+        comparisons.comparison_draft_fail(draft_id=draft_id, error=job.error)
+        return False
+    backend = backend or get_backend()
+    try:
+        result = backend.generate(backend.prepare([job.request]))[0]
+    except BackendError as exc:
+        result = exc
+    if isinstance(result, BackendError):  # shown on the comparison: its admin starts another
+        comparisons.comparison_draft_fail(draft_id=draft_id, error=str(result))
+        return False
+    return comparisons.comparison_draft_record(draft_id=draft_id, fields=_draft_fields(job, result))

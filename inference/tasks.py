@@ -10,6 +10,7 @@ from annotations.exportjobs import export_job_run, export_jobs_sweep
 from annotations.previews import preview_make
 from annotations.queues import (
     CLAIM_SWEEP_TASK,
+    COMPARISON_DRAFT_TASK,
     DEFAULT_QUEUE,
     DRAFT_TASK,
     EXPORT_SWEEP_TASK,
@@ -20,7 +21,7 @@ from annotations.queues import (
     TMP_SWEEP_TASK,
 )
 from annotations.services import claims_sweep_expired, tasks_sweep_stuck, uploads_sweep_tmp
-from inference.services import drafts_run
+from inference.services import comparison_draft_run, drafts_run
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,20 @@ def draft_task(task_id: int) -> None:
     The task id is logged, so one task can be followed from upload to draft."""
     log.info("draft message for task %s", task_id)
     drafts_run()
+
+
+@shared_task(
+    name=COMPARISON_DRAFT_TASK,
+    queue=GPU_QUEUE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def comparison_draft_task(draft_id: int) -> None:
+    """Draft one candidate draft of a blind comparison (idempotent: a drafted one is left
+    as it is)."""
+    log.info("comparison draft %s", draft_id)
+    comparison_draft_run(draft_id)
 
 
 @shared_task(name=SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)

@@ -78,6 +78,16 @@ urlpatterns = [
         name="project-insights-csv",
     ),
     path(
+        "projects/<int:project_id>/insights/comparisons/",
+        views_insights.project_comparison_start,
+        name="project-comparison-start",
+    ),
+    path(
+        "comparisons/<int:comparison_id>/close/",
+        views_insights.comparison_close,
+        name="comparison-close",
+    ),
+    path(
         "projects/<int:project_id>/retry-failed/",
         views.project_retry_failed,
         name="project-retry-failed",

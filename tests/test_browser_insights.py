@@ -1,11 +1,13 @@
 """The insights page in a real browser (Chromium): every plot drawn by Chart.js under the
 strict CSP, a plot's CSV downloaded, and the page passing axe's WCAG 2.1 AA rules."""
 
+from unittest import mock
+
 import pytest
 from django.urls import reverse
 
-from annotations import services
-from annotations.models import Decision, Modality, Role
+from annotations import comparisons, services
+from annotations.models import Decision, Modality, PromptTemplate, Role
 from tests.factories import make_drafted_task
 from tests.test_browser import CHROMIUM, _log_in, run_axe
 from tests.test_browser import browser as browser  # the module's Chromium, a fixture
@@ -96,4 +98,35 @@ def test_the_dashboard_draws_every_plot_downloads_a_csv_and_passes_axe(
     drawn = page.locator("canvas[data-plot='decisions']").evaluate(PAINTED)
     assert drawn["chart"] and drawn["painted"] > 100
     assert page.evaluate("() => window.notReloaded") is True
+    assert problems == []
+
+
+def test_the_comparisons_and_their_form_pass_axe_and_the_table_downloads(
+    browser, live_server, django_user_model
+):
+    project = study_project(django_user_model)
+    ada = django_user_model.objects.create_user("ada", password="secret-pw-3")
+    services.membership_set(project=project, user=ada, role=Role.ADMIN)
+    prompt = PromptTemplate.objects.create(project=project, version=2, instruction="Describe.")
+    with mock.patch.object(comparisons.messages, "send_many", return_value=2):
+        comparison = comparisons.comparison_start(
+            project=project, prompt_template=prompt, model_revision="", sample_size=2
+        )
+    for draft in comparison.drafts.all():
+        comparisons.comparison_draft_record(draft_id=draft.pk, fields={"text": "Naevus."})
+        comparisons.comparison_reading_record(draft=draft, reviewer=ada, decision="accepted")
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    _log_in(page, live_server.url, "ada", "secret-pw-3")
+    page.goto(live_server.url + reverse("project-insights", args=[project.pk]))
+    assert page.locator("#comparison-form select option").all_inner_texts() == ["v2"]
+    assert page.locator("#blind-comparisons tbody td").count() == 10  # two arms, 5 figures
+    with page.expect_download() as download:
+        page.locator("#prompt-comparison caption a").click()
+    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    assert lines[0].startswith("Prompt,Model revision,Drafts")
+    assert len(lines) == 2  # one arm: the built-in prompt of the factory's drafts
+    page.locator("#id_sample_size").focus()
+    assert run_axe(page) == []
     assert problems == []

@@ -18,7 +18,18 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from annotations import insights, services
-from annotations.models import Decision, Draft, DraftDay, Label, Project, ReviewDay, TaskState
+from annotations.models import (
+    ArmDay,
+    Decision,
+    Draft,
+    DraftDay,
+    Label,
+    Project,
+    PromptTemplate,
+    ReviewDay,
+    TaskState,
+)
+from annotations.rouge import rouge_l
 from tests.factories import draft_fields, make_drafted_task, make_task
 
 NUMBERS = insights.NUMBER_FIELDS
@@ -80,6 +91,54 @@ def rolled_drafts(project) -> dict:
     }
 
 
+def _arm(draft: Draft) -> tuple:
+    return (draft.prompt_template.version if draft.prompt_template else 0), draft.model_revision
+
+
+def direct_arms(project) -> dict:
+    """Each arm's day, counted straight from the drafts and labels, ROUGE-L computed anew."""
+    days: dict = defaultdict(lambda: defaultdict(float))
+    for d in Draft.objects.filter(task__project=project).select_related("prompt_template", "task"):
+        row = days[(_arm(d), d.created_at.astimezone(UTC).date())]
+        row["drafts"] += 1
+        reference = d.task.metadata.get("reference")
+        if reference:
+            score = rouge_l(d.text, reference)
+            row["ref_n"] += 1
+            row["ref_sum"] += score
+            row["ref_sq"] += score**2
+    labels = Label.objects.filter(task__project=project).select_related("draft__prompt_template")
+    for label in labels:
+        row = days[(_arm(label.draft), label.created_at.astimezone(UTC).date())]
+        row["readings"] += 1
+        row[label.decision] += 1
+        if label.decision != Decision.REJECTED:
+            score = rouge_l(label.draft.text, label.text)
+            row["rouge_n"] += 1
+            row["rouge_sum"] += score
+            row["rouge_sq"] += score**2
+            key = insights.bucket_of(label.edit_words, insights.EDIT_BUCKETS)
+            row.setdefault("edit_hist", Counter())[key] += 1
+        if label.category:
+            row.setdefault("categories", Counter())[label.category] += 1
+    return {
+        key: {n: row.get(n, 0) for n in insights.ARM_NUMBER_FIELDS}
+        | {j: dict(row.get(j, {})) for j in insights.ARM_JSON_FIELDS}
+        for key, row in days.items()
+    }
+
+
+def rolled_arms(project) -> dict:
+    return {
+        ((r.prompt_version, r.model_revision), r.day): {
+            n: getattr(r, n) for n in insights.ARM_NUMBER_FIELDS
+        }
+        | {j: getattr(r, j) for j in insights.ARM_JSON_FIELDS}
+        for r in ArmDay.objects.filter(project=project)
+        if r.readings or r.drafts  # a day whose readings were all undone keeps an empty row
+    }
+
+
 def close(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
@@ -106,6 +165,30 @@ def random_review(people, seed: int):
     tasks = [make_drafted_task(project, text="Benign breast tissue with fibrosis.")]
     for _ in range(11):
         tasks.append(make_drafted_task(project, text=rng.choice(["A b c d.", "One two three."])))
+    # Drafts of other prompt versions and model revisions, some with a reference text.
+    prompts = [
+        PromptTemplate.objects.create(project=project, version=v, instruction=f"Describe {v}.")
+        for v in (1, 2)
+    ]
+
+    def redraft(task):
+        claimed = services.task_claim(task_id=task.pk)
+        prompt = rng.choice([None, *prompts])
+        fields = draft_fields(
+            text=rng.choice(["A b c d.", "One two three.", "b c e"]),
+            prompt_template_id=prompt.pk if prompt else None,
+            model_revision=rng.choice(["sha256:0", "sha256:1"]),
+        )
+        services.draft_record(task_id=task.pk, attempt=claimed.attempt, fields=fields)
+        task.refresh_from_db()
+        return task
+
+    for _ in range(6):
+        task = make_task(project, state=TaskState.QUEUED)
+        if rng.random() < 0.6:  # the manifest's reference, which each draft is scored against
+            task.metadata = {"reference": rng.choice(["A b c.", "One two three four."])}
+            task.save(update_fields=["metadata"])
+        tasks.append(redraft(task))
     for _ in range(3):  # truncated drafts, with their seconds
         queued = make_task(project, state=TaskState.QUEUED)
         claimed = services.task_claim(task_id=queued.pk)
@@ -116,8 +199,14 @@ def random_review(people, seed: int):
     failing = make_task(project, state=TaskState.QUEUED)
     claimed = services.task_claim(task_id=failing.pk)
     services.draft_fail(task_id=failing.pk, attempt=claimed.attempt, error="CUDA out of memory\nx")
-    for _ in range(70):
+    for _ in range(90):
         task, reader = rng.choice(tasks), rng.choice(readers)
+        task.refresh_from_db()
+        if rng.random() < 0.05 and task.state == TaskState.DRAFTED:
+            # Drafted again: a changed decision on the new draft moves to its arm.
+            services.task_redraft(task_id=task.pk, actor=people.project_admin)
+            redraft(task)
+            continue
         label = Label.objects.filter(task=task, reviewer=reader).first()
         if label is not None and rng.random() < 0.25:
             try:
@@ -153,6 +242,9 @@ def test_the_rollups_match_a_direct_count_on_random_data(people, seed):
     assert Label.objects.filter(task__project=project).exists()
     assert close(rolled_review(project), direct_review(project))
     assert close(rolled_drafts(project), direct_drafts(project))
+    assert close(rolled_arms(project), direct_arms(project))
+    assert len({arm for arm, _ in rolled_arms(project)}) > 2
+    assert sum(r["ref_n"] for r in rolled_arms(project).values()) > 0
     assert sum(r["truncated"] for r in rolled_drafts(project).values()) == 3
     failures = DraftDay.objects.filter(project=project).values_list("failures", flat=True)
     assert sum(Counter(f)["CUDA out of memory"] for f in failures) == 1
@@ -160,12 +252,14 @@ def test_the_rollups_match_a_direct_count_on_random_data(people, seed):
 
 def test_recount_projects_rebuilds_the_rollups(people):
     project = random_review(people, 7)
-    expected = rolled_review(project), rolled_drafts(project)
+    expected = rolled_review(project), rolled_drafts(project), rolled_arms(project)
     ReviewDay.objects.all().update(readings=0, accepted=99)
     DraftDay.objects.all().delete()
+    ArmDay.objects.all().update(readings=5, rouge_sum=9)
     call_command("recount_projects", str(project.pk), stdout=io.StringIO())
     assert close(rolled_review(project), expected[0])
     assert close(rolled_drafts(project), expected[1])
+    assert close(rolled_arms(project), expected[2])
     assert sum(DraftDay.objects.filter(project=project).values_list("failed", flat=True)) == 1
 
 
@@ -289,7 +383,81 @@ def test_the_study_summary_downloads_with_its_intervals(people, client_for):
         f"{rate.high * 100:.1f} %",
         "4",
     ]
-    assert rows["ROUGE-L"][1] == "—"
+    # Accepts score 1; "Invasive lobular carcinoma, grade 2." keeps 4 of the draft's 5 words.
+    rouge = insights.mean_interval(3.6, 1 + 0.64 + 1 + 0.64, 4)
+    assert rows["ROUGE-L, draft vs validated text"][1:5] == [
+        "90.0",
+        f"{rouge.low * 100:.1f}",
+        f"{rouge.high * 100:.1f}",
+        "4",
+    ]
+    assert rows["ROUGE-L, draft vs reference"][1:5] == ["—", "—", "—", "0"]
+
+
+def _arm_draft(project, *, text, prompt=None, revision="sha256:0", reference=None):
+    task = make_task(project, state=TaskState.QUEUED)
+    if reference is not None:
+        task.metadata = {"reference": reference}
+        task.save(update_fields=["metadata"])
+    claimed = services.task_claim(task_id=task.pk)
+    fields = draft_fields(
+        text=text, prompt_template_id=prompt.pk if prompt else None, model_revision=revision
+    )
+    return services.draft_record(task_id=task.pk, attempt=claimed.attempt, fields=fields)
+
+
+def test_the_comparison_shows_each_arm_side_by_side_with_intervals(people, client_for):
+    project = people.project
+    v1 = PromptTemplate.objects.create(project=project, version=1, instruction="Describe it.")
+    reader = people.pathologist
+    # Prompt v1 on revision b: 4 drafts, 3 accepted, 1 rejected; references score 1 and 0.5.
+    for i in range(4):
+        draft = _arm_draft(
+            project,
+            text="a b c d",
+            prompt=v1,
+            revision="b",
+            reference=["a b c d", "a b"][i] if i < 2 else None,
+        )
+        decision = {"decision": "accepted"}
+        if i == 3:
+            decision = {"decision": "rejected", "reason": "No.", "category": "missed finding"}
+        services.label_record(task_id=draft.task_id, reviewer=reader, draft_id=draft.pk, **decision)
+    # The built-in prompt on revision a: 2 drafts, 1 edited (ROUGE-L 0.8), one unread.
+    for i in range(2):
+        draft = _arm_draft(project, text="a b c d e")
+        if i == 0:
+            services.label_record(
+                task_id=draft.task_id,
+                reviewer=reader,
+                draft_id=draft.pk,
+                decision="edited",
+                text="a b c d x",
+                category=project.correction_categories[0],
+            )
+    response = client_for(people.researcher).get(csv_url(project, "comparison"))
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == insights.COMPARISON_COLUMNS
+    builtin, candidate = rows[1], rows[2]
+    assert builtin[:4] == ["built-in", "sha256:0", "2", "1"]
+    assert builtin[4] == insights.wilson(0, 1).as_percent()
+    assert builtin[7] == "80.0 (80.0–80.0)"
+    assert candidate[:4] == ["v1", "b", "4", "4"]
+    assert candidate[4] == insights.wilson(3, 4).as_percent()
+    assert candidate[6] == "missed finding: 1"
+    assert candidate[7] == insights.mean_interval(3, 3, 3).as_text(scale=100)
+    # Against the reference: 1 and 2/3 (precision 1/2, recall 1).
+    assert candidate[8] == insights.mean_interval(1 + 2 / 3, 1 + 4 / 9, 2).as_text(scale=100)
+    page = client_for(people.project_admin).get(insights_url(project)).text
+    assert csv_url(project, "comparison") in page
+    assert "prompt v1, model b: 4 drafts, 4 readings, acceptance 75.0 %" in page
+
+
+def test_the_comparison_is_only_for_admins_and_researchers(people, client_for):
+    _arm_draft(people.project, text="a b")
+    url = csv_url(people.project, "comparison")
+    assert client_for(people.pathologist).get(url).status_code == 403
+    assert client_for(people.other_admin).get(url).status_code == 404
 
 
 def test_an_unknown_plot_is_not_found(people, client_for):

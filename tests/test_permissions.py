@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -21,7 +22,16 @@ from django.http import Http404
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from annotations import api_tokens, exportjobs, exports, services, tiles, tus, uploadbatches
+from annotations import (
+    api_tokens,
+    comparisons,
+    exportjobs,
+    exports,
+    services,
+    tiles,
+    tus,
+    uploadbatches,
+)
 from annotations.access import (
     Can,
     capabilities,
@@ -29,7 +39,7 @@ from annotations.access import (
     is_site_admin,
     projects_for_user,
 )
-from annotations.models import Membership, Role, Task, TaskState
+from annotations.models import Membership, PromptTemplate, Role, Task, TaskState
 from imaging.patches import PatchSettings, plan_patches
 from tests.factories import draft_fields, make_drafted_task, make_task
 
@@ -79,6 +89,10 @@ MATRIX = {
     # the insights dashboard and its CSVs (test_insights): admins and researchers
     "project-insights":     (200,  200,  404,  403,  404,  200,  404,  302),
     "project-insights-csv": (200,  200,  404,  403,  404,  200,  404,  302),
+    # blind comparisons (test_comparisons): the project's admins start (here a form with
+    # no prompt version to pick: refused, 422) and close one (a redirect)
+    "project-comparison-start": (422, 422, 404, 403,  404,  403,  404,  302),
+    "comparison-close":     (302,  302,  404,  403,  404,  403,  404,  302),
     "task-detail":          (200,  200,  404,  200,  404,  200,  404,  302),
     # project admins and the task's readers (test_history); nobody has read it here
     "task-history":         (200,  200,  404,  404,  404,  404,  404,  302),
@@ -252,6 +266,11 @@ def _request(client, name: str, scene: Scene, user=None):
             return client.get(reverse(name, args=[project_id]))
         case "project-insights-csv":
             return client.get(reverse(name, args=[project_id, "decisions"]))
+        case "project-comparison-start":
+            data = {"prompt_version": "1", "sample_size": "1"}
+            return client.post(reverse(name, args=[project_id]), data)
+        case "comparison-close":
+            return client.post(reverse(name, args=[_comparison(scene).pk]))
         case "project-retry-failed" | "review-start" | "review-undo":
             return client.post(reverse(name, args=[project_id]))
         case "member-role" | "member-remove":
@@ -312,6 +331,16 @@ def _request(client, name: str, scene: Scene, user=None):
                 image = None
             return client.get(f"{url}?t={tiles.mint_token(image, user)}" if image else url)
     raise AssertionError(f"no request for {name!r}: add one beside its MATRIX row")
+
+
+def _comparison(scene: Scene):
+    """A blind comparison of `project` (its drafting messages go nowhere)."""
+    project = scene.task.project
+    prompt = PromptTemplate.objects.create(project=project, version=1, instruction="Describe.")
+    with mock.patch.object(comparisons.messages, "send_many", return_value=1):
+        return comparisons.comparison_start(
+            project=project, prompt_template=prompt, model_revision="", sample_size=1
+        )
 
 
 def _researchers_upload(scene: Scene):

@@ -11,7 +11,7 @@ from annotations import insights
 
 
 def backfill(apps, schema_editor):
-    insights.recount(using=schema_editor.connection)
+    insights.days_recount(using=schema_editor.connection)
 
 
 class Migration(migrations.Migration):
