@@ -26,7 +26,7 @@ def backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotations", "0024_insights_rollups"),
+        ("annotations", "0027_exportjob_origin"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
