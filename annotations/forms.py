@@ -1,4 +1,7 @@
+import functools
+
 from django import forms
+from django.utils.choices import BaseChoiceIterator
 
 from annotations.models import (
     CORRECTION_CATEGORIES,
@@ -63,6 +66,24 @@ class UploadForm(forms.Form):
     )
 
 
+class _Choices(BaseChoiceIterator):
+    """Choices made once and shared by every form that offers them: a field takes them as
+    they are (Django normalises plain lists again for each form, on the review hot path)."""
+
+    def __init__(self, choices: list[tuple[str, str]]) -> None:
+        self.choices = choices
+
+    def __iter__(self):
+        return iter(self.choices)
+
+
+@functools.lru_cache(maxsize=256)
+def _category_choices(categories: tuple[str, ...]) -> tuple[_Choices, _Choices]:
+    """The reject and the edit category choices of a project's correction categories."""
+    choices = [(value, value) for value in categories]
+    return _Choices([("", "Choose…"), *choices]), _Choices([("", "Not said"), *choices])
+
+
 class DecisionForm(forms.Form):
     decision = forms.ChoiceField(choices=Decision.choices)
     draft_id = forms.IntegerField(widget=forms.HiddenInput)
@@ -101,10 +122,10 @@ class DecisionForm(forms.Form):
         the project's correction categories. Set when the form is made, or after, for a form
         read before its task was (the review queue's hot path)."""
         self.image_size = image_size
-        listed = CORRECTION_CATEGORIES if categories is None else categories
-        choices = [(value, value) for value in listed]
-        self.fields["category"].choices = [("", "Choose…"), *choices]
-        self.fields["edit_category"].choices = [("", "Not said"), *choices]
+        listed = tuple(CORRECTION_CATEGORIES if categories is None else categories)
+        self.fields["category"].choices, self.fields["edit_category"].choices = _category_choices(
+            listed
+        )
 
     def clean_label_revision(self) -> int:
         return self.cleaned_data.get("label_revision") or 0

@@ -83,14 +83,25 @@ def figures_delta(before: Mapping | None, after: Mapping | None) -> dict:
     return _delta(reading_figures(before), reading_figures(after), NUMBER_FIELDS, JSON_FIELDS)
 
 
+# Adds two {key: n} JSON objects key by key, dropping zeros: the histograms' and categories'
+# merge in the rollups' UPSERTs. A function, so that the decision's statement that carries
+# them stays short enough for psycopg to cache its parsing (4096 characters). Created by
+# migrations 0024 (before its backfill) and 0028.
+COUNTS_ADD_SQL = """
+CREATE OR REPLACE FUNCTION annotations_counts_add(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT COALESCE(jsonb_object_agg(k, n), '{}'::jsonb) FROM (
+    SELECT k, sum(v::bigint) AS n
+    FROM (SELECT * FROM jsonb_each_text(a) UNION ALL SELECT * FROM jsonb_each_text(b)) e(k, v)
+    GROUP BY k HAVING sum(v::bigint) <> 0
+  ) s
+$$
+"""
+
+
 def _json_add(table: str, column: str) -> str:
     """SQL adding EXCLUDED's {key: n} to the row's, key by key, dropping zeros."""
-    return (
-        f"{column} = (SELECT COALESCE(jsonb_object_agg(k, n), '{{}}'::jsonb) FROM ("
-        f"SELECT k, sum(v::bigint) AS n FROM (SELECT * FROM jsonb_each_text({table}.{column}) "
-        f"UNION ALL SELECT * FROM jsonb_each_text(EXCLUDED.{column})) e(k, v) "
-        "GROUP BY k HAVING sum(v::bigint) <> 0) s)"
-    )
+    return f"{column} = annotations_counts_add({table}.{column}, EXCLUDED.{column})"
 
 
 _REVIEW_COLUMNS = ", ".join((*NUMBER_FIELDS, *JSON_FIELDS))
@@ -98,20 +109,17 @@ _REVIEW_COLUMNS = ", ".join((*NUMBER_FIELDS, *JSON_FIELDS))
 # few enough parameters for psycopg to cache its parsing (at most 50).
 _FLOAT_FIELDS = {"time_ms_sq", "edit_words_sq"}
 _REVIEW_SQL = (
-    f"INSERT INTO annotations_reviewday (project_id, reviewer_id, day, {_REVIEW_COLUMNS}) "
+    f"INSERT INTO annotations_reviewday AS r (project_id, reviewer_id, day, {_REVIEW_COLUMNS}) "
     "SELECT %s, %s, %s::date, "
-    + ", ".join(
-        f"COALESCE((x.j->>'{f}')::{'float8' if f in _FLOAT_FIELDS else 'bigint'}, 0)"
-        for f in NUMBER_FIELDS
-    )
-    + ", "
-    + ", ".join(f"COALESCE(x.j->'{f}', '{{}}'::jsonb)" for f in JSON_FIELDS)
-    + " FROM (SELECT %s::jsonb AS j) x "
+    + ", ".join(f"x.{f}" for f in (*NUMBER_FIELDS, *JSON_FIELDS))
+    + " FROM jsonb_populate_record(NULL::annotations_reviewday, %s::jsonb) x "
     "ON CONFLICT (project_id, reviewer_id, day) DO UPDATE SET "
-    + ", ".join(f"{f} = annotations_reviewday.{f} + EXCLUDED.{f}" for f in NUMBER_FIELDS)
+    + ", ".join(f"{f} = r.{f} + EXCLUDED.{f}" for f in NUMBER_FIELDS)
     + ", "
-    + ", ".join(_json_add("annotations_reviewday", f) for f in JSON_FIELDS)
+    + ", ".join(_json_add("r", f) for f in JSON_FIELDS)
 )
+# Every figure in the JSON row, so that none is null: those not changed are 0 (or {}).
+_REVIEW_ZEROS = dict.fromkeys(NUMBER_FIELDS, 0) | {f: {} for f in JSON_FIELDS}
 
 
 def day_of(at: datetime) -> date:
@@ -123,7 +131,8 @@ def review_day_sql(
 ) -> tuple[str, list]:
     """`delta` (`figures_delta`) added to the reader's day of a reading made at `made_at`,
     as one UPSERT (a row made on first use), for `services._execute_together`."""
-    return _REVIEW_SQL, [project_id, reviewer_id, day_of(made_at), json.dumps(dict(delta))]
+    row = _REVIEW_ZEROS | dict(delta)
+    return _REVIEW_SQL, [project_id, reviewer_id, day_of(made_at), json.dumps(row)]
 
 
 # The prompt and model comparison ----------------------------------------------------------
@@ -197,23 +206,19 @@ def arms_delta(
 
 # Every row goes in one JSON parameter: the decision's statement, which this joins, keeps
 # few enough parameters for psycopg to cache its parsing (at most 50).
+_ARM_KEYS = ("project_id", "prompt_version", "model_revision", "day")
 _ARM_SQL = (
-    "INSERT INTO annotations_armday AS a (project_id, prompt_version, model_revision, day, "
-    + ", ".join((*ARM_NUMBER_FIELDS, *ARM_JSON_FIELDS))
-    + ") SELECT (x.j->>'project')::bigint, (x.j->>'version')::int, x.j->>'revision', "
-    "(x.j->>'day')::date, "
-    + ", ".join(
-        f"COALESCE((x.j->>'{f}')::{'float8' if f in _ARM_FLOAT_FIELDS else 'bigint'}, 0)"
-        for f in ARM_NUMBER_FIELDS
-    )
-    + ", "
-    + ", ".join(f"COALESCE(x.j->'{f}', '{{}}'::jsonb)" for f in ARM_JSON_FIELDS)
-    + " FROM jsonb_array_elements(%s::jsonb) x(j) "
+    "INSERT INTO annotations_armday AS a ("
+    + ", ".join((*_ARM_KEYS, *ARM_NUMBER_FIELDS, *ARM_JSON_FIELDS))
+    + ") SELECT "
+    + ", ".join(f"x.{f}" for f in (*_ARM_KEYS, *ARM_NUMBER_FIELDS, *ARM_JSON_FIELDS))
+    + " FROM jsonb_populate_recordset(NULL::annotations_armday, %s::jsonb) x "
     "ON CONFLICT (project_id, prompt_version, model_revision, day) DO UPDATE SET "
     + ", ".join(f"{f} = a.{f} + EXCLUDED.{f}" for f in ARM_NUMBER_FIELDS)
     + ", "
     + ", ".join(_json_add("a", f) for f in ARM_JSON_FIELDS)
 )
+_ARM_ZEROS = dict.fromkeys(ARM_NUMBER_FIELDS, 0) | {f: {} for f in ARM_JSON_FIELDS}
 
 
 def arm_day_sql(project_id: int, at: datetime, deltas: Mapping[Arm, Mapping]) -> tuple[str, list]:
@@ -221,7 +226,9 @@ def arm_day_sql(project_id: int, at: datetime, deltas: Mapping[Arm, Mapping]) ->
     made on first use), for `services._execute_together` or a cursor."""
     day = day_of(at).isoformat()
     rows = [
-        {"project": project_id, "version": version, "revision": revision, "day": day, **delta}
+        _ARM_ZEROS
+        | {"project_id": project_id, "prompt_version": version, "model_revision": revision}
+        | {"day": day, **delta}
         for (version, revision), delta in deltas.items()
         if delta
     ]

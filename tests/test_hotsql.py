@@ -88,3 +88,48 @@ def test_a_lost_claim_ahead_is_claimed_again_after_the_decision_commits(people, 
     assert answer.status_code == 200
     assert Label.objects.filter(task=first).count() == 1
     assert Claim.objects.get(task=second).reviewer == people.pathologist
+
+
+class _Writes:
+    """The decision's write statement (the one that inserts its label), as sent."""
+
+    def __init__(self):
+        self.sql, self.params = "", ()
+
+    def __call__(self, execute, sql, params, many, context):
+        if "INSERT INTO annotations_label" in sql:
+            self.sql, self.params = sql, params
+        return execute(sql, params, many, context)
+
+
+@pytest.mark.parametrize("readings_per_task", [1, 2])
+@pytest.mark.django_db(transaction=True)
+def test_the_write_statement_stays_within_psycopgs_parse_cache(people, readings_per_task):
+    """psycopg caches the parsing of a statement of at most 4096 characters and 50
+    parameters; past either, every decision parses its whole statement again (a rollup
+    added to it went past once, unnoticed). The largest case: a second reading that edits,
+    with a category, a time on task and agreement cells to keep."""
+    from psycopg import _queries
+
+    most_chars = getattr(_queries, "MAX_CACHED_STATEMENT_LENGTH", 4096)
+    most_params = getattr(_queries, "MAX_CACHED_STATEMENT_PARAMS", 50)
+    Project.objects.filter(pk=people.project.pk).update(readings_per_task=readings_per_task)
+    task = make_drafted_task(people.project)
+    draft = task.latest_draft().pk
+    if readings_per_task == 2:
+        services.label_record(
+            task_id=task.pk, reviewer=people.project_admin, decision="accepted", draft_id=draft
+        )
+    writes = _Writes()
+    with connection.execute_wrapper(writes):
+        services.label_record(
+            task_id=task.pk,
+            reviewer=people.pathologist,
+            decision="edited",
+            text="Invasive lobular carcinoma.",
+            category="wrong diagnosis or grade",
+            draft_id=draft,
+            time_on_task_ms=12_345,
+        )
+    assert writes.sql and len(writes.sql) <= most_chars, len(writes.sql)
+    assert len(writes.params) <= most_params, len(writes.params)

@@ -11,6 +11,7 @@ from annotations import insights
 
 
 def backfill(apps, schema_editor):
+    schema_editor.execute(insights.COUNTS_ADD_SQL)  # the rollups' UPSERTs call it
     insights.days_recount(using=schema_editor.connection)
 
 

@@ -31,6 +31,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # The rollups' UPSERTs call it (a database past 0024 before it was made there).
+        migrations.RunSQL(insights.COUNTS_ADD_SQL, migrations.RunSQL.noop),
         migrations.CreateModel(
             name="ArmDay",
             fields=[
