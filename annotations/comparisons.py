@@ -219,6 +219,12 @@ def comparison_for(
     return _unread(project, reviewer).order_by("id").first()
 
 
+def task_in_open_comparison(task: Task) -> bool:
+    """Whether a comparison still open in the task's project has a candidate draft of it:
+    then both its drafts are shown without their provenance."""
+    return ComparisonDraft.objects.filter(task=task, comparison__open=True).exists()
+
+
 def comparison_pending(
     *, project_id: int, draft_id: int | None, reviewer, task: Task | None = None
 ) -> ComparisonDraft | None:

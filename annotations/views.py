@@ -560,6 +560,10 @@ def _review_context(
             else None
         ),
         "may": may,
+        # Readers judge both drafts of a task in an open comparison blind to which version
+        # made each: no prompt version, revision or draft number on either page.
+        "blind_provenance": task.project.comparison_open
+        and comparisons.task_in_open_comparison(task),
         "signature_due": signatures.signature_due(request.session, task.project),
         "SIGNATURE_MEANING": signatures.MEANING,
         "next_task": selectors.next_task_to_review(task.project, after_id=task.pk),

@@ -284,6 +284,14 @@ def test_readers_are_served_candidate_drafts_blind_and_readings_are_not_labels(
     assert again["Location"] == reverse("task-detail", args=[task.pk])
     body = client.get(reverse("task-detail", args=[task.pk])).content.decode()
     assert DRAFT in body and CANDIDATE not in body
+    # Blind both ways: the baseline draft's page names no version or draft either, while
+    # the comparison is open; once closed, its provenance shows again.
+    baseline = task.latest_draft()
+    for tell in (f"Draft {baseline.pk}", "prompt default", "sha256:"):
+        assert tell not in body, tell
+    comparisons.comparison_close(comparison=comparison)
+    body = client.get(reverse("task-detail", args=[task.pk])).content.decode()
+    assert f"Draft {baseline.pk}" in body
 
 
 def test_the_queue_serves_them_through_htmx_and_when_the_queue_is_done(people, prompt, client_for):
