@@ -156,6 +156,8 @@ def _urls(client, name: str, pattern: URLPattern, task: Task) -> list[str]:
         # An invitation link (its page, once the link is spent, says so and shows nothing).
         "uidb64": ["MQ"],
         "token": ["spent-token"],
+        # A blind comparison (its close action is POST only: nothing shown).
+        "comparison_id": [0],
         # The insights page's CSVs: a plot's and the study summary.
         "plot": ["readers", "summary"],
     }
