@@ -134,13 +134,12 @@ def export_command_record(
     row, as the page's. One transaction, after the writing: the export streams as fast as
     before, and a failed or killed one never lists tasks as exported."""
     with transaction.atomic():
-        job = ExportJob.objects.create(
+        job = _job_outside(
             project=project,
             requested_by=requested_by,
+            options=options,
             origin=ExportOrigin.COMMAND,
             output=output,
-            format=options.file_format,
-            options=options.to_query(),
             state=ExportState.FAILED if error else ExportState.DONE,
             rows_done=rows,
             rows_expected=rows,
@@ -150,22 +149,32 @@ def export_command_record(
         )
         if not error:
             exported_tasks_record(job, options)
-        services.audit_record(
-            action="project.export",
-            actor=requested_by,
-            project=project,
-            after=options.audit()
-            | {
-                "format": options.format,
-                "job": job.pk,
-                "origin": ExportOrigin.COMMAND.value,
-                "output": output,
-                "state": job.state,
-                "rows": rows,
-            },
-            reason=error[:2000],
-        )
+        more = {"format": options.format, "state": job.state, "rows": rows}
+        _job_audit(job, options, more, error)
     return job
+
+
+def _job_outside(*, project, requested_by, options: exports.ExportOptions, **fields) -> ExportJob:
+    """A job for an export made outside the worker (no file of ours): the command line's
+    or the page's download."""
+    return ExportJob.objects.create(
+        project=project,
+        requested_by=requested_by,
+        format=options.file_format,
+        options=options.to_query(),
+        **fields,
+    )
+
+
+def _job_audit(job: ExportJob, options: exports.ExportOptions, more: dict, reason="") -> None:
+    """The `project.export` audit row of such a job: its options, where it went, `more`."""
+    services.audit_record(
+        action="project.export",
+        actor=job.requested_by,
+        project=job.project,
+        after=options.audit() | {"job": job.pk, "origin": job.origin, "output": job.output} | more,
+        reason=reason[:2000],
+    )
 
 
 def export_download_start(
@@ -176,23 +185,16 @@ def export_download_start(
     `project.export` audit row, before the first byte leaves. `export_download_chunks`
     finishes the record when the last byte has gone."""
     with transaction.atomic():
-        job = ExportJob.objects.create(
+        job = _job_outside(
             project=project,
             requested_by=requested_by,
+            options=options,
             origin=ExportOrigin.DOWNLOAD,
             output=name,
-            format=options.file_format,
-            options=options.to_query(),
             state=ExportState.RUNNING,
             started_at=timezone.now(),
         )
-        services.audit_record(
-            action="project.export",
-            actor=requested_by,
-            project=project,
-            after=options.audit()
-            | {"job": job.pk, "origin": ExportOrigin.DOWNLOAD.value, "output": name},
-        )
+        _job_audit(job, options, {})
     return job
 
 

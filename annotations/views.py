@@ -990,11 +990,18 @@ def _sentinel_shown(request: HttpRequest, task):
 
 def _sentinel_form(request: HttpRequest, task):
     """The reading a sentinel's decision form already recorded (the form posted again)."""
-    try:
-        client_id = uuid.UUID(request.POST.get("client_id", ""))
-    except ValueError:
+    client_id = _posted_client_id(request)
+    if client_id is None:
         return None
     return sentinels.sentinel_reading_of_form(task=task, reviewer=request.user, client_id=client_id)
+
+
+def _posted_client_id(request: HttpRequest) -> uuid.UUID | None:
+    """The posted decision form's own id (None: none, or not one)."""
+    try:
+        return uuid.UUID(request.POST.get("client_id", ""))
+    except ValueError:
+        return None
 
 
 def _as_draft(draft, sentinel):
@@ -1069,9 +1076,8 @@ def _comparison_shown(request: HttpRequest, task):
 
 def _comparison_form(request: HttpRequest, task):
     """The reading a candidate draft's decision form already recorded (posted again)."""
-    try:
-        client_id = uuid.UUID(request.POST.get("client_id", ""))
-    except ValueError:
+    client_id = _posted_client_id(request)
+    if client_id is None:
         return None
     return comparisons.comparison_reading_of_form(
         task=task, reviewer=request.user, client_id=client_id
