@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 
@@ -43,12 +43,13 @@ _ONLY_WHEN_ASKED = 1 << 30
 
 def prepared_cursor():
     """A cursor of the default connection whose statements PostgreSQL keeps prepared."""
-    connection.ensure_connection()
-    raw = connection.connection
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy looks it up
+    db.ensure_connection()
+    raw = db.connection
     if raw.prepare_threshold is None:
         raw.prepare_threshold = _ONLY_WHEN_ASKED
-    with connection.wrap_database_errors:
-        return connection._prepare_cursor(_PreparedCursor(raw))
+    with db.wrap_database_errors:
+        return db._prepare_cursor(_PreparedCursor(raw))
 
 
 @contextlib.contextmanager
@@ -56,8 +57,9 @@ def pipelined() -> Iterator[None]:
     """Statements executed in the block are sent without waiting for each answer; leaving
     the block waits once for all of them (and raises the error of the first that failed).
     Fetch their rows after the block: a fetch inside it waits, and so does leaving it."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.pipeline():
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    with db.wrap_database_errors, db.connection.pipeline():
         yield
 
 
@@ -66,8 +68,9 @@ def commit_early() -> bool:
     the statements sent before it, rather than when the block ends (which then commits
     what came after, if anything). False, and nothing sent, inside a savepoint (an outer
     transaction, as in tests, commits when it will)."""
-    if not connection.in_atomic_block or len(connection.atomic_blocks) != 1:
+    db = connections[DEFAULT_DB_ALIAS]
+    if not db.in_atomic_block or len(db.atomic_blocks) != 1:
         return False
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute("COMMIT")
     return True

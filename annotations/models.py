@@ -305,7 +305,11 @@ NO_DECISION = datetime(1970, 1, 1, tzinfo=UTC)
 class Task(models.Model):
     """One image in one project, on its way from upload to a validated label."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    # No index of its own: every index of Meta.indexes starts with it (each is one more
+    # entry to write when a decision moves the task).
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="tasks", db_index=False
+    )
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="tasks")
     state = models.CharField(max_length=10, choices=TaskState.choices, default=TaskState.NEW)
     error = models.TextField(blank=True)
@@ -540,7 +544,8 @@ class Draft(models.Model):
 class Label(models.Model):
     """A reviewer's validated decision on a task's draft."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="labels")
+    # No index of its own: label_once_per_reviewer (task, reviewer) serves it.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="labels", db_index=False)
     draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="labels")
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels"

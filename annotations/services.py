@@ -24,7 +24,7 @@ from typing import IO, Any, NamedTuple
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -991,6 +991,7 @@ def decide_locked(
     task: Task,
     skipped: Sequence[int] = (),
     prefetched: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
     **decision: Any,
 ) -> tuple[Label, Claimed | None]:
     """`decide_and_claim` in the caller's transaction, on a task it has locked
@@ -998,9 +999,12 @@ def decide_locked(
     caller's is the outermost transaction, it is committed with the writes, in their round
     trip (`hotsql.commit_early`): what follows (claiming the next task now, if the one
     claimed ahead was lost) is a transaction of its own, committed when the caller's block
-    ends."""
+    ends. `meanwhile`: Python work that needs no answer from the database (the answer to
+    send if the claim ahead holds), done while PostgreSQL runs the writes and commits."""
     reviewer = decision["reviewer"]
-    label, renewed = _label_write(locked=task, renew=prefetched, commit=True, **decision)
+    label, renewed = _label_write(
+        locked=task, renew=prefetched, commit=True, meanwhile=meanwhile, **decision
+    )
     if renewed:
         return label, Claimed(prefetched, prefetched=True)
     return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
@@ -1023,6 +1027,7 @@ def _label_write(
     locked: Task | None = None,
     renew: int | None = None,
     commit: bool = False,
+    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[Label, bool]:
     """`label_record` in the caller's transaction. Two statements: the task locked with
     what the decision is checked against and its readings (`task_for_decision`; none when
@@ -1079,10 +1084,13 @@ def _label_write(
         label.edit_chars = char_distance(task.draft_text, final)
         label.edit_words = word_distance(task.draft_text, final)
     # Of the draft against the kept text; an accept keeps the draft: 1 with nothing to compute.
-    label.rouge_l = {
-        Decision.ACCEPTED: 1.0,
-        Decision.EDITED: rouge_l(task.draft_text, final),
-    }.get(decision)
+    label.rouge_l = (
+        1.0
+        if decision == Decision.ACCEPTED
+        else rouge_l(task.draft_text, final)
+        if decision == Decision.EDITED
+        else None
+    )
     label.time_on_task_ms = time_on_task_ms
     fast = project.fast_accept_seconds * 1000
     label.fast_accept = (
@@ -1106,6 +1114,7 @@ def _label_write(
         saving=label,
         commit=commit,
         reading=(label, before, _label_state(label)),
+        meanwhile=meanwhile,
     )
     return label, renewed
 
@@ -1146,16 +1155,15 @@ def task_for_decision(
     task = _from_row(Task, task_fields, row[:a])
     task.project = _from_row(Project, project_fields, row[a:b])
     task.image = _from_row(Image, image_fields, row[b:c])
-    task.role, task.draft_pk, task.draft_text, arms, task.adjudicated, readings, ahead = row[c:]
+    task.role, task.draft_pk, task.draft_text, arms, task.adjudicated, readings = row[c:-2]
     if isinstance(arms, str):
         arms = json.loads(arms)
     task.draft_arms = {int(k): (v[0], v[1]) for k, v in (arms or {}).items()}
     if isinstance(readings, str):
         readings = json.loads(readings)
     task.readings = [_label_from_json(task, r) for r in readings or ()]
-    if isinstance(ahead, str):
-        ahead = json.loads(ahead)
-    task.ahead = Ahead(*ahead) if ahead else None
+    ahead_id, page = row[-2:]
+    task.ahead = Ahead(ahead_id, page) if ahead_id is not None else None
     return task
 
 
@@ -1204,9 +1212,7 @@ SELECT {columns(Task, "t")}, {columns(Project, "p")}, {columns(Image, "i")},
   COALESCE((SELECT a.decision FROM annotations_adjudication a WHERE a.task_id = t.id), ''),
   (SELECT json_agg(l ORDER BY l.created_at, l.id) FROM annotations_label l
    WHERE l.task_id = t.id),
-  (SELECT json_build_array(c.task_id, c.page) FROM annotations_claim c
-   WHERE c.reviewer_id = %(me)s AND c.after_task = t.id AND c.page <> ''
-   ORDER BY c.expires_at DESC LIMIT 1)
+  ahead.task_id, ahead.page
 FROM annotations_task t
 JOIN annotations_project p ON p.id = t.project_id
 JOIN annotations_image i ON i.id = t.image_id
@@ -1214,6 +1220,11 @@ LEFT JOIN LATERAL (
   SELECT id, text FROM annotations_draft WHERE task_id = t.id
   ORDER BY created_at DESC, id DESC LIMIT 1
 ) d ON true
+LEFT JOIN LATERAL (
+  SELECT c.task_id, c.page FROM annotations_claim c
+  WHERE c.reviewer_id = %(me)s AND c.after_task = t.id AND octet_length(c.page) > 0
+  ORDER BY c.expires_at DESC LIMIT 1
+) ahead ON true
 WHERE t.id = %(task)s
 """
 
@@ -1294,6 +1305,7 @@ def _review_settle(
     saving: Label | None = None,
     commit: bool = False,
     reading: tuple[Label, dict | None, dict | None] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> bool:
     """After a reading changed: store the task's review state and outcome (with an audit
     row) if they changed, keep the counters (`labels`: readings added by `reader`, their
@@ -1386,6 +1398,7 @@ def _review_settle(
         returning=[parts.index(p) + 1 for p in watched],
         first_id=saving is not None,
         commit=commit,
+        meanwhile=meanwhile,
     )
     if saving is not None:
         saving.pk, counts = counts[0], counts[1:]
@@ -1403,14 +1416,24 @@ def _label_save_sql(label: Label) -> tuple[str, list]:
     label.updated_at = now
     if label._state.adding:
         label.created_at = now
-    fields = [f for f in Label._meta.concrete_fields if not f.primary_key]
-    values = [f.get_db_prep_save(getattr(label, f.attname), connection) for f in fields]
-    columns = ", ".join(f.column for f in fields)  # plain names: a shorter statement
+    insert, update, preps = _label_saving()
+    db = connections[label._state.db or DEFAULT_DB_ALIAS]
+    values = [prep(getattr(label, attname), db) for attname, prep in preps]
     if label._state.adding:
-        marks = ", ".join(["%s"] * len(fields))
-        return f"INSERT INTO annotations_label ({columns}) VALUES ({marks}) RETURNING id", values
+        return insert, values
+    return update, [*values, label.pk]
+
+
+@functools.cache
+def _label_saving() -> tuple[str, str, list[tuple[str, Callable]]]:
+    """`_label_save_sql`'s INSERT and UPDATE, and each column's attribute and conversion."""
+    fields = [f for f in Label._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(f.column for f in fields)  # plain names: a shorter statement
+    marks = ", ".join(["%s"] * len(fields))
+    insert = f"INSERT INTO annotations_label ({columns}) VALUES ({marks}) RETURNING id"
     sets = ", ".join(f'"{f.column}" = %s' for f in fields)
-    return f"UPDATE annotations_label SET {sets} WHERE id = %s RETURNING id", [*values, label.pk]
+    update = f"UPDATE annotations_label SET {sets} WHERE id = %s RETURNING id"
+    return insert, update, [(f.attname, f.get_db_prep_save) for f in fields]
 
 
 def _agreement_cells(readings: Sequence[Label], project: Project) -> Counter | None:
@@ -1431,12 +1454,14 @@ def _execute_together(
     returning: Sequence[int] = (),
     first_id: bool = False,
     commit: bool = False,
+    meanwhile: Callable[[], object] | None = None,
 ):
     """Run several writes as one statement (data-modifying CTEs: one snapshot, one round
     trip). `returning`: the 1-based indexes of parts with RETURNING whose row counts to give
     back, in that order, after the id the first part returns if `first_id`. The parts touch
     different rows, so their order does not matter. `commit`: the transaction is committed
-    with them, in the same round trip, when it is the outermost (`hotsql.commit_early`)."""
+    with them, in the same round trip, when it is the outermost (`hotsql.commit_early`).
+    `meanwhile`: called once they are sent, before waiting for the answer."""
     names = [f"w{i}" for i in range(len(parts))]
     sql = "WITH " + ", ".join(f"{n} AS ({q})" for n, (q, _) in zip(names, parts, strict=True))
     counted = [f"(SELECT count(*) FROM {names[i - 1]})" for i in returning]
@@ -1449,6 +1474,8 @@ def _execute_together(
             cursor.execute(sql, params)
             if commit:
                 hotsql.commit_early()
+            if meanwhile is not None:
+                meanwhile()
         return cursor.fetchone() if counted else ()
 
 

@@ -698,17 +698,21 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
             if signatures.signature_due(request.session, project):
                 raise _GeneralPath  # the password is checked there
             ahead = task.ahead if request.htmx else None
+            # The answer if the task claimed ahead is still theirs, made while the database
+            # writes and commits the decision.
+            sent: list[HttpResponse] = []
             _, claimed = services.decide_locked(
                 task=task,
                 skipped=request.session.get(_skipped_key(project), []),
                 prefetched=ahead and ahead.task_id,
                 signature=signatures.signature_for(user, project),
+                meanwhile=ahead and (lambda: sent.append(_ahead_sent(request, ahead))),
                 **_decision_of(request, task, form.cleaned_data),
             )
     except (_GeneralPath, services.ReviewConflict, services.InvalidTransition):
         return None  # rolled back; the general path finds the same and says so
     if claimed is not None and claimed.prefetched:
-        return _ahead_sent(request, task, claimed, ahead)
+        return sent[0] if sent else _ahead_sent(request, ahead)
     return _claimed_next(request, project, claimed, decided=task.pk)
 
 
@@ -731,12 +735,12 @@ def _decision_of(request: HttpRequest, task, data: dict) -> dict:
     )
 
 
-def _ahead_sent(request: HttpRequest, task, claimed, ahead: services.Ahead) -> HttpResponse:
+def _ahead_sent(request: HttpRequest, ahead: services.Ahead) -> HttpResponse:
     """The next task's review area rendered ahead, sent as it is, with the form's time on
     task counting from now."""
-    rendered_at = reviewtime.rendered_at_sign(task_id=claimed.task_id, user_id=request.user.pk)
+    rendered_at = reviewtime.rendered_at_sign(task_id=ahead.task_id, user_id=request.user.pk)
     html = ahead.page.replace(RENDERED_AT_LATER, rendered_at)
-    return _in_review_area(HttpResponse(html), reverse("task-detail", args=[claimed.task_id]))
+    return _in_review_area(HttpResponse(html), reverse("task-detail", args=[ahead.task_id]))
 
 
 def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse:
@@ -753,7 +757,7 @@ def _decide_and_next(request: HttpRequest, task, decision: dict) -> HttpResponse
         project=project, skipped=skipped, prefetched=ahead and ahead.task_id, **decision
     )
     if claimed is not None and claimed.prefetched:
-        return _ahead_sent(request, task, claimed, ahead)
+        return _ahead_sent(request, ahead)
     return _claimed_next(request, project, claimed, decided=task.pk)
 
 
