@@ -1138,8 +1138,8 @@ def task_for_decision(
     database (reading the decision's form), done while PostgreSQL runs the statements."""
     # The lock first, in a statement of its own: a statement that waits for it keeps the
     # snapshot it began with, and would miss the readings committed by the holder it waited
-    # for. The read is sent with it (and with the BEGIN) all the same: PostgreSQL runs it
-    # once the lock is held, with a snapshot taken then; only the waits are saved.
+    # for. The read is sent with it all the same: PostgreSQL runs it once the lock is held,
+    # with a snapshot taken then; only the waits are saved.
     with hotsql.prepared_cursor() as lock, hotsql.prepared_cursor() as read:
         with hotsql.pipelined():
             lock.execute(_LOCK_SQL, {"task": task_id})
