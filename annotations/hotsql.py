@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
+from psycopg.pq import TransactionStatus
 
 
 class _PreparedCursor(ServerBindingCursor):
@@ -58,21 +59,117 @@ def prepared_cursor():
 def pipelined() -> Iterator[None]:
     """Statements executed in the block are sent without waiting for each answer; leaving
     the block waits once for all of them (and raises the error of the first that failed).
-    Fetch their rows after the block: a fetch inside it waits, and so does leaving it."""
+    Fetch their rows after the block: a fetch inside it waits, and so does leaving it.
+
+    Inside `decision()`'s own transaction, the block joins its pipeline: leaving waits only
+    once the COMMIT went (`commit_early`), for everything; a fetch in between waits for
+    what came before it."""
     db = connections[DEFAULT_DB_ALIAS]
+    if (open_one := _decision_of(db)) is not None:
+        yield
+        if open_one.committing:
+            open_one.close()
+        return
     db.ensure_connection()
     with db.wrap_database_errors, db.connection.pipeline():
         yield
 
 
 def commit_early() -> bool:
-    """In `pipelined()`, inside the outermost `transaction.atomic()` block: COMMIT now, with
-    the statements sent before it, rather than when the block ends (which then commits
-    what came after, if anything). False, and nothing sent, inside a savepoint (an outer
-    transaction, as in tests, commits when it will)."""
+    """In `pipelined()`, in the outermost transaction (`decision()`'s own, or the outermost
+    `transaction.atomic()` block): COMMIT now, with the statements sent before it, rather
+    than when the block ends (which then commits what came after, if anything). False, and
+    nothing sent, inside a savepoint (an outer transaction, as in tests, commits when it
+    will)."""
     db = connections[DEFAULT_DB_ALIAS]
+    if (open_one := _decision_of(db)) is not None:
+        open_one.commit()
+        return True
     if not db.in_atomic_block or len(db.atomic_blocks) != 1:
         return False
     with db.cursor() as cursor:
         cursor.execute("COMMIT")
     return True
+
+
+class _Decision:
+    """`decision()`'s transaction: its BEGIN and COMMIT are statements of one pipeline,
+    which Django does not know of (it stays in autocommit mode)."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.pipeline = contextlib.ExitStack()
+        self.committing = False
+        self.closed = False
+
+    def open(self) -> None:
+        with self.db.wrap_database_errors:
+            self.pipeline.enter_context(self.db.connection.pipeline())
+        self._send("BEGIN")  # sent with the statements that follow, not waited for
+
+    def commit(self) -> None:
+        self._send("COMMIT")
+        self.committing = True
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Leave the pipeline: wait for what was sent (raising the first error). A
+        transaction left open (an error, or a block left without its COMMIT) is rolled
+        back."""
+        if self.closed:
+            return
+        self.closed = True
+        self.db._medannot_decision = None
+        try:
+            if exc is not None and not self.committing:
+                with contextlib.suppress(Exception):
+                    self._send("ROLLBACK")
+            with self.db.wrap_database_errors:
+                if exc is None:
+                    self.pipeline.close()
+                else:
+                    self.pipeline.__exit__(type(exc), exc, exc.__traceback__)
+        finally:
+            # A statement that failed aborts the transaction, and what followed it in the
+            # pipeline (the COMMIT among them) was skipped: end it here.
+            raw = self.db.connection
+            left_open = raw is not None and not raw.closed
+            if left_open and raw.info.transaction_status != TransactionStatus.IDLE:
+                with self.db.wrap_database_errors:
+                    raw.execute("ROLLBACK")
+
+    def _send(self, statement: str) -> None:
+        with self.db.cursor() as cursor:
+            cursor.execute(statement)
+
+
+def _decision_of(db) -> _Decision | None:
+    return getattr(db, "_medannot_decision", None)
+
+
+@contextlib.contextmanager
+def decision() -> Iterator[None]:
+    """The transaction of a decision in the review queue. Outside any transaction (a
+    request's view), it is one pipeline with its own BEGIN and COMMIT: the BEGIN goes with
+    the lock and the read (`transaction.atomic()` would have psycopg send it and wait for
+    it: in pipeline mode psycopg syncs after a BEGIN), and the COMMIT with the writes
+    (`commit_early`), leaving two waits on the database. Django stays in autocommit mode
+    meanwhile: nothing in the block may open a `transaction.atomic()` before the COMMIT
+    went. Inside a transaction already (a caller's, a test's), `transaction.atomic()`: a
+    savepoint of it."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.in_atomic_block or not db.get_autocommit() or _decision_of(db) is not None:
+        with transaction.atomic():
+            yield
+        return
+    db.ensure_connection()
+    open_one = db._medannot_decision = _Decision(db)
+    try:
+        open_one.open()
+        yield
+    except BaseException as exc:
+        open_one.close(exc)
+        raise
+    else:
+        if not open_one.committing:
+            open_one.commit()
+        open_one.close()

@@ -996,17 +996,21 @@ def decide_locked(
 ) -> tuple[Label, Claimed | None]:
     """`decide_and_claim` in the caller's transaction, on a task it has locked
     (`task_for_decision`): the label and the other writes, then the next task. When the
-    caller's is the outermost transaction, it is committed with the writes, in their round
-    trip (`hotsql.commit_early`): what follows (claiming the next task now, if the one
-    claimed ahead was lost) is a transaction of its own, committed when the caller's block
-    ends. `meanwhile`: Python work that needs no answer from the database (the answer to
-    send if the claim ahead holds), done while PostgreSQL runs the writes and commits."""
+    caller's is the outermost transaction (`hotsql.decision()`'s own, or an outermost
+    `transaction.atomic()`), it is committed with the writes, in their round trip
+    (`hotsql.commit_early`): what follows (claiming the next task now, if the one claimed
+    ahead was lost) is a transaction of its own. `meanwhile`: Python work that needs no
+    answer from the database (the answer to send if the claim ahead holds), done while
+    PostgreSQL runs the writes and commits."""
     reviewer = decision["reviewer"]
     label, renewed = _label_write(
         locked=task, renew=prefetched, commit=True, meanwhile=meanwhile, **decision
     )
     if renewed:
         return label, Claimed(prefetched, prefetched=True)
+    if not connection.in_atomic_block:  # committed in a transaction of its own (hotsql)
+        with transaction.atomic():
+            return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
     return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
 
 

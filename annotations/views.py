@@ -12,7 +12,6 @@ from django.contrib.auth.decorators import login_required
 from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import (
     FileResponse,
     Http404,
@@ -37,6 +36,7 @@ from annotations import (
     exports,
     health,
     history,
+    hotsql,
     previews,
     reviewtime,
     selectors,
@@ -676,7 +676,7 @@ def _decide_in_queue(request: HttpRequest, task_id: int) -> HttpResponse | None:
     user = request.user
     read: list[DecisionForm] = []
     try:
-        with transaction.atomic():
+        with hotsql.decision():
             # The form is read while the database locks and reads the task.
             task = services.task_for_decision(
                 task_id, user, meanwhile=lambda: read.append(DecisionForm(request.POST))

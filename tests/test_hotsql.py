@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from psycopg.pq import TransactionStatus
 
 from annotations import hotsql, services
 from annotations.models import AuditEvent, Claim, Label, Project
+from tests.conftest import CsrfClient
 from tests.factories import make_drafted_task
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
@@ -230,3 +235,138 @@ def test_the_answer_made_during_the_write_is_sent_only_if_the_claim_ahead_held(p
     assert f'data-task="{second.pk}"' not in answer.content.decode()
     assert f'data-task="{third.pk}"' in answer.content.decode()
     assert Label.objects.filter(task=first).count() == 1
+
+
+# The decision's own transaction ------------------------------------------------------------
+
+
+def _idle() -> bool:
+    """No transaction left open on the connection, and Django in autocommit mode."""
+    connection.ensure_connection()
+    status = connection.connection.info.transaction_status
+    return status == TransactionStatus.IDLE and connection.get_autocommit()
+
+
+def _locked_elsewhere(task_id: int) -> bool:
+    """Whether another connection finds the task's row locked."""
+    with psycopg.connect(_dsn(), autocommit=True) as other:
+        try:
+            other.execute(
+                "SELECT 1 FROM annotations_task WHERE id = %s FOR UPDATE NOWAIT", [task_id]
+            )
+        except psycopg.errors.LockNotAvailable:
+            return True
+    return False
+
+
+def _dsn() -> str:
+    settings = connection.settings_dict
+    return (
+        f"postgresql://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_commits_in_two_waits_with_its_begin_and_commit_logged(people, client_for):
+    """Outside any transaction, a decision is one pipeline with its own BEGIN (sent with the
+    lock and the read) and its own COMMIT (sent with the writes); Django never opens a
+    transaction of its own around it, and nothing is left open."""
+    first, second = make_drafted_task(people.project), make_drafted_task(people.project)
+    client = client_for(people.pathologist)
+    client.post(reverse("review-start", args=[people.project.pk]))
+    client.post(reverse("review-ahead", args=[people.project.pk]), {"after": first.pk}, **HTMX)
+    data = {"decision": "accepted", "draft_id": first.latest_draft().pk, "queue": "1"}
+    with CaptureQueriesContext(connection) as captured:
+        answer = client.post(reverse("task-decide", args=[first.pk]), data, **HTMX)
+    assert answer.status_code == 200 and f'data-task="{second.pk}"' in answer.content.decode()
+    # The session's, the user's, BEGIN, the lock, the read, the writes, COMMIT.
+    statements = [(q["sql"] or "").upper() for q in captured.captured_queries]
+    assert len(statements) == 7, statements
+    assert statements.count("BEGIN") == 1 and statements.count("COMMIT") == 1, statements
+    assert not any("SAVEPOINT" in s for s in statements)
+    assert Label.objects.get(task=first).decision == "accepted"
+    assert _idle() and not _locked_elsewhere(first.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_fails_in_the_decision_leaves_nothing_open(people):
+    """The write fails at the database: nothing of it is kept, the transaction is ended
+    (the COMMIT that followed it in the pipeline was skipped), and the connection is usable."""
+    task = make_drafted_task(people.project)
+    audit = (
+        "INSERT INTO annotations_auditevent (at, action, reason) VALUES (now(), %s, '')",
+        ["test.half"],
+    )
+    no_reviewer = ("INSERT INTO annotations_claim (task_id) VALUES (%s)", [task.pk])
+    with pytest.raises(IntegrityError), hotsql.decision():
+        assert services.task_for_decision(task.pk, people.pathologist) is not None
+        services._execute_together([audit, no_reviewer], commit=True)
+    assert not AuditEvent.objects.filter(action="test.half").exists()
+    assert _idle() and not _locked_elsewhere(task.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_refused_after_the_read_rolls_back_and_unlocks(people):
+    """A conflict found in Python after the lock and the read: the ROLLBACK goes, the task
+    is unlocked at once, and Django is as it was."""
+    task = make_drafted_task(people.project)
+    with pytest.raises(services.ReviewConflict), hotsql.decision():
+        assert services.task_for_decision(task.pk, people.pathologist) is not None
+        assert _locked_elsewhere(task.pk)  # held while the decision is made
+        raise services.ReviewConflict("a newer draft")
+    assert _idle() and not _locked_elsewhere(task.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_transaction_the_decision_is_a_savepoint_of_it(people):
+    task = make_drafted_task(people.project)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with hotsql.decision():
+            assert connection.in_atomic_block and not hotsql._decision_of(connection)
+            services.label_record(
+                task_id=task.pk,
+                reviewer=people.pathologist,
+                decision="accepted",
+                draft_id=task.latest_draft().pk,
+            )
+        raise RuntimeError("the caller's transaction rolls back, the decision with it")
+    assert not Label.objects.filter(task=task).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_tabs_deciding_at_once_record_one_decision(people):
+    """Two tabs of one reviewer post their decisions on one task at the same moment, each on
+    its own connection: the second waits for the first's lock, then reads its reading and
+    is refused (409), never overwriting it."""
+    task = make_drafted_task(people.project)
+    draft = task.latest_draft().pk
+    start = threading.Barrier(2)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+
+    def tab(decision: str, text: str) -> None:
+        try:
+            client = CsrfClient()
+            client.force_login(people.pathologist)
+            data = {"decision": decision, "draft_id": draft, "text": text, "queue": "1"}
+            start.wait(timeout=30)
+            answers.append(client.post(reverse("task-decide", args=[task.pk]), data).status_code)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    tabs = [
+        threading.Thread(target=tab, args=("accepted", "")),
+        threading.Thread(target=tab, args=("edited", "Invasive lobular carcinoma.")),
+    ]
+    for t in tabs:
+        t.start()
+    for t in tabs:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(answers) == [302, 409], answers
+    assert Label.objects.filter(task=task).count() == 1
+    label = Label.objects.get(task=task)
+    assert label.revision == 1
+    assert AuditEvent.objects.filter(action="label.record", task=task).count() == 1
