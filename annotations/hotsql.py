@@ -10,10 +10,9 @@ planning each statement anew, not the work itself. Two remedies, for these state
   connection poolers in transaction mode; so must a deployment that puts one in front of
   PostgreSQL with these: PgBouncer 1.21 or later with `max_prepared_statements` set.
 - pipelined: statements that need no answer before the next are sent together (psycopg's
-  pipeline mode): the lock with the read, and the writes with the COMMIT (`commit_early`).
-  A decision waits on the database three times, not six: psycopg waits for the BEGIN on
-  its own (in pipeline mode it syncs after one), then for the lock and the read, then for
-  the writes and the COMMIT. What needs no answer is done during the waits (`meanwhile`).
+  pipeline mode): the BEGIN with the lock and the read, and the writes with the COMMIT
+  (`decision`, `commit_early`). A decision waits on the database twice, not six times;
+  what needs no answer is done during the waits (`meanwhile`).
 
 Both go through Django's cursor wrapper, so statements are counted, logged and their errors
 translated as any other.
