@@ -98,12 +98,14 @@ class _Decision:
     def __init__(self, db) -> None:
         self.db = db
         self.pipeline = contextlib.ExitStack()
+        self.cursor = None  # for BEGIN, COMMIT and ROLLBACK
         self.committing = False
         self.closed = False
 
     def open(self) -> None:
         with self.db.wrap_database_errors:
             self.pipeline.enter_context(self.db.connection.pipeline())
+        self.cursor = self.pipeline.enter_context(self.db.cursor())
         self._send("BEGIN")  # sent with the statements that follow, not waited for
 
     def commit(self) -> None:
@@ -137,8 +139,7 @@ class _Decision:
                     raw.execute("ROLLBACK")
 
     def _send(self, statement: str) -> None:
-        with self.db.cursor() as cursor:
-            cursor.execute(statement)
+        self.cursor.execute(statement)
 
 
 def _decision_of(db) -> _Decision | None:
@@ -154,9 +155,12 @@ def decision() -> Iterator[None]:
     (`commit_early`), leaving two waits on the database. Django stays in autocommit mode
     meanwhile: nothing in the block may open a `transaction.atomic()` before the COMMIT
     went. Inside a transaction already (a caller's, a test's), `transaction.atomic()`: a
-    savepoint of it."""
+    savepoint of it; inside another decision, that one."""
     db = connections[DEFAULT_DB_ALIAS]
-    if db.in_atomic_block or not db.get_autocommit() or _decision_of(db) is not None:
+    if _decision_of(db) is not None:
+        yield
+        return
+    if db.in_atomic_block or not db.get_autocommit():
         with transaction.atomic():
             yield
         return
