@@ -334,6 +334,20 @@ def test_inside_a_transaction_the_decision_is_a_savepoint_of_it(people):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_decision_opened_inside_another_joins_it(people):
+    """One transaction, one BEGIN and one COMMIT, whoever opens a decision inside it."""
+    task = make_drafted_task(people.project)
+    with CaptureQueriesContext(connection) as captured, hotsql.decision():
+        outer = hotsql._decision_of(connection)
+        with hotsql.decision():
+            assert hotsql._decision_of(connection) is outer
+            services.task_for_decision(task.pk, people.pathologist)
+    statements = [(q["sql"] or "").upper() for q in captured.captured_queries]
+    assert statements.count("BEGIN") == 1 and statements.count("COMMIT") == 1, statements
+    assert _idle() and not _locked_elsewhere(task.pk)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_two_tabs_deciding_at_once_record_one_decision(people):
     """Two tabs of one reviewer post their decisions on one task at the same moment, each on
     its own connection: the second waits for the first's lock, then reads its reading and
