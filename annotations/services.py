@@ -1008,10 +1008,10 @@ def decide_locked(
     )
     if renewed:
         return label, Claimed(prefetched, prefetched=True)
-    if not connection.in_atomic_block:  # committed in a transaction of its own (hotsql)
-        with transaction.atomic():
-            return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
-    return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
+    # After `hotsql.decision()`'s own COMMIT Django is in autocommit: the claim needs one.
+    claiming = contextlib.nullcontext() if connection.in_atomic_block else transaction.atomic()
+    with claiming:
+        return label, _claim(project=task.project, reviewer=reviewer, skipped=skipped)
 
 
 def _label_write(
