@@ -16,6 +16,15 @@ pytestmark = [
 ]
 
 
+def _focus_settles_on(page, element_id: str) -> None:
+    """The focus moves once htmx settles a swap, a moment after the new element is there:
+    wait for it (up to 5 s), so that the assertion that follows is not a race."""
+    page.wait_for_function(
+        f"() => document.activeElement && document.activeElement.id === {element_id!r}",
+        timeout=5000,
+    )
+
+
 def test_the_password_prompt_takes_the_focus_and_enter_signs(
     browser, live_server, sample_files, django_user_model
 ):
@@ -39,6 +48,7 @@ def test_the_password_prompt_takes_the_focus_and_enter_signs(
     # Accept without the password: the prompt comes back, focused, with Accept its default.
     page.click("#accept")
     page.wait_for_selector("#sign")
+    _focus_settles_on(page, "id_password")  # moved after htmx settles the swap
     assert page.evaluate("document.activeElement.id") == "id_password"
     assert "Sign and save: accept" in page.locator("#sign").inner_text()
     assert not Label.objects.filter(task=first).exists()
@@ -48,6 +58,7 @@ def test_the_password_prompt_takes_the_focus_and_enter_signs(
     page.keyboard.type("not-it")
     page.keyboard.press("Enter")
     page.locator("#signature-error", has_text="not right").wait_for()
+    _focus_settles_on(page, "id_password")
     assert page.evaluate("document.activeElement.id") == "id_password"
     assert AuditEvent.objects.filter(action="signature.refused").count() == 1
     assert run_axe(page) == []
@@ -102,6 +113,7 @@ def test_the_adjudication_page_asks_for_the_password_and_signs(
     page.fill("#id_text", "Dysplastic naevus, mild atypia.")
     page.click("#adjudicate")
     page.locator("#signature-error").wait_for()
+    _focus_settles_on(page, "id_password")
     assert page.evaluate("document.activeElement.id") == "id_password"
     assert page.input_value("#id_text") == "Dysplastic naevus, mild atypia."
     assert not Adjudication.objects.exists()
