@@ -20,6 +20,7 @@ import statistics
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -118,12 +119,40 @@ def comparison_start(
                 "tasks": sample,
             },
         )
-        ids = [[d.pk] for d in drafts]
-        transaction.on_commit(
-            lambda: messages.send_many(COMPARISON_DRAFT_TASK, args=ids, queue=GPU_QUEUE),
-            robust=True,
-        )
+        ids = [d.pk for d in drafts]
+        # After commit: the worker must find them queued. What the broker does not take
+        # stays pending, for the sweep (`comparison_drafts_sweep`) to send.
+        transaction.on_commit(lambda: comparison_drafts_send(ids), robust=True)
     return comparison
+
+
+def comparison_drafts_send(draft_ids: list[int]) -> int:
+    """Send the drafting messages of candidate drafts, clear their pending marks and note
+    when they went, in one UPDATE; return how many went. Never raises: once the broker
+    fails, the rest stay pending."""
+    sent = messages.send_many(
+        COMPARISON_DRAFT_TASK, args=[[pk] for pk in draft_ids], queue=GPU_QUEUE
+    )
+    if sent:
+        ComparisonDraft.objects.filter(pk__in=draft_ids[:sent]).update(
+            message_pending=False, sent_at=timezone.now()
+        )
+    return sent
+
+
+def comparison_drafts_sweep(*, lease_seconds: int, limit: int = 1000) -> int:
+    """Send again the candidate drafts of open comparisons still queued: those the broker
+    never took (it was down when the comparison started), and those sent more than a lease
+    ago (the message was lost: a broker restarted without its queue). A duplicate finds the
+    draft drafted and does nothing. Returns how many were sent."""
+    cutoff = timezone.now() - timedelta(seconds=lease_seconds)
+    waiting = list(
+        ComparisonDraft.objects.filter(state=ComparisonState.QUEUED, comparison__open=True)
+        .filter(Q(message_pending=True) | Q(sent_at__lt=cutoff))
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
+    )
+    return comparison_drafts_send(waiting) if waiting else 0
 
 
 def comparison_close(*, comparison: Comparison, actor: AbstractBaseUser | None = None) -> None:

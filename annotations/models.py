@@ -1145,6 +1145,10 @@ class ComparisonDraft(models.Model):
     rouge_reference = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     drafted_at = models.DateTimeField(null=True, blank=True)
+    # The outbox, as for a task's drafting: set until the broker has taken the message, and
+    # when it was last sent (one sent a lease ago and still queued was lost: sent again).
+    message_pending = models.BooleanField(default=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from annotations import tus
+from annotations.comparisons import comparison_drafts_sweep
 from annotations.exportjobs import export_job_run, export_jobs_sweep
 from annotations.previews import preview_make
 from annotations.queues import (
@@ -60,6 +61,7 @@ def sweep_task() -> None:
     """Put back tasks whose drafting worker was lost and send the messages the broker missed
     (celery beat runs this every minute, on the `celery` queue: a hung draft cannot stop it)."""
     tasks_sweep_stuck(lease_seconds=settings.MEDANNOT_DRAFT_LEASE_SECONDS)
+    comparison_drafts_sweep(lease_seconds=settings.MEDANNOT_DRAFT_LEASE_SECONDS)
 
 
 @shared_task(name=TMP_SWEEP_TASK, queue=DEFAULT_QUEUE, ignore_result=True)

@@ -1,6 +1,7 @@
 """The message broker (Redis) down: uploads, imports and redrafts keep everything, the pages
 say why drafting waits, and the sweep sends the waiting messages once Redis is back."""
 
+from datetime import timedelta
 from io import StringIO
 from unittest import mock
 
@@ -9,6 +10,7 @@ import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 
 from annotations import counters, health, services
 from annotations.models import Role, Task, TaskState
@@ -121,3 +123,59 @@ def test_health_never_asks_celery_while_redis_is_down(db, broker_down):
         assert health.gpu_workers(fresh=True) == []
         assert health.status()["redis"] == "down"
     inspect.assert_not_called()
+
+
+def test_a_comparison_started_while_the_broker_is_down_is_drafted_once_it_is_back(
+    people, broker_down, gpu_queue, django_capture_on_commit_callbacks
+):
+    """Its candidate drafts wait in the outbox: the sweep sends them once Redis is back, and
+    again only when one sent a lease ago is still queued (its message was lost)."""
+    from annotations import comparisons
+    from annotations.models import ComparisonDraft, PromptTemplate
+
+    for _ in range(3):
+        make_drafted_task(people.project)
+    prompt = PromptTemplate.objects.create(project=people.project, version=2, instruction="Say.")
+    with django_capture_on_commit_callbacks(execute=True):
+        comparison = comparisons.comparison_start(
+            project=people.project,
+            prompt_template=prompt,
+            model_revision="sha256:cand",
+            sample_size=3,
+            actor=people.admin,
+        )
+    drafts = ComparisonDraft.objects.filter(comparison=comparison)
+    assert [d.message_pending for d in drafts] == [True] * 3  # nothing went
+    assert comparisons.comparison_drafts_sweep(lease_seconds=3600) == 0  # still down
+    assert drafts.filter(message_pending=True).count() == 3
+
+    broker_down.up()
+    assert comparisons.comparison_drafts_sweep(lease_seconds=3600) == 3
+    assert gpu_queue.llen(GPU_QUEUE) == 3
+    assert not drafts.filter(message_pending=True).exists()
+    # Sent a moment ago: not sent again while the lease runs.
+    assert comparisons.comparison_drafts_sweep(lease_seconds=3600) == 0
+    # Queued long after it was sent: the message was lost, it goes again. A drafted one,
+    # or one of a closed comparison, does not.
+    first, second, third = drafts
+    long_ago = timezone.now() - timedelta(hours=2)
+    drafts.update(sent_at=long_ago)
+    comparisons.comparison_draft_record(draft_id=first.pk, fields={"text": "Drafted."})
+    assert comparisons.comparison_drafts_sweep(lease_seconds=3600) == 2
+    assert gpu_queue.llen(GPU_QUEUE) == 5
+    drafts.update(sent_at=long_ago)
+    comparisons.comparison_close(comparison=comparison, actor=people.admin)
+    assert comparisons.comparison_drafts_sweep(lease_seconds=3600) == 0
+
+
+def test_the_periodic_sweep_sends_comparison_drafts_too(people, monkeypatch):
+    from inference import tasks
+
+    swept = []
+    monkeypatch.setattr(tasks, "tasks_sweep_stuck", lambda **kw: swept.append("tasks"))
+    monkeypatch.setattr(
+        tasks, "comparison_drafts_sweep", lambda **kw: swept.append(("comparisons", kw))
+    )
+    tasks.sweep_task()
+    lease = settings.MEDANNOT_DRAFT_LEASE_SECONDS
+    assert swept == ["tasks", ("comparisons", {"lease_seconds": lease})]
