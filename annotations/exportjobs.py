@@ -200,26 +200,69 @@ def export_download_start(
 
 def export_download_chunks(
     job: ExportJob, options: exports.ExportOptions, chunks: Iterable[bytes]
-) -> Iterator[bytes]:
+) -> Iterable[bytes]:
     """`chunks`, streamed, then the download's record finished: done, with its rows (lines,
     less a CSV's header) and the tasks it included (`exported_tasks_record`), once the
     last chunk was handed over; failed, with no task included, if the download stopped
-    before (the browser left, or making it failed)."""
-    lines, finished = 0, False
-    blocks = iter(chunks)
-    try:
-        for block in blocks:
-            chunk = bytes(block)  # a COPY's are memoryviews; the response makes bytes anyway
-            lines += chunk.count(b"\n")
-            yield chunk
-        finished = True
-    finally:
-        if not finished and hasattr(blocks, "close"):
-            blocks.close()  # a COPY cut short is given up first: the connection is free again
+    before (the browser left, or making it failed), even before its first chunk."""
+    return _Download(job, options, chunks)
+
+
+class _Download:
+    """`export_download_chunks`' stream. Closed by the response once sent or given up: a
+    generator closed before it started runs no `finally`, so the record is ended here."""
+
+    def __init__(self, job: ExportJob, options: exports.ExportOptions, chunks: Iterable[bytes]):
+        self.job, self.options, self.chunks = job, options, chunks
+        self.rows, self.ended = 0, False
+        # A CSV's field may hold a newline: its rows end at newlines outside quotes.
+        self.csv, self.quoted = options.format == "csv", False
+        self.stream = self._stream()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.stream
+
+    def close(self) -> None:
+        self.stream.close()  # a started stream ends its record in its `finally`
+        if not self.ended:
+            if hasattr(self.chunks, "close"):
+                self.chunks.close()
+            self._end(finished=False)
+
+    def _stream(self) -> Iterator[bytes]:
+        finished = False
+        blocks = iter(self.chunks)
+        try:
+            for block in blocks:
+                chunk = bytes(block)  # a COPY's are memoryviews; the response makes bytes
+                self.rows += self._csv_rows(chunk) if self.csv else chunk.count(b"\n")
+                yield chunk
+            finished = True
+        finally:
+            if not finished and hasattr(blocks, "close"):
+                blocks.close()  # a COPY cut short is given up first: the connection is free
+            self._end(finished=finished)
+
+    def _csv_rows(self, chunk: bytes) -> int:
+        """The CSV rows that end in `chunk` (quotes inside a field are doubled: a line's
+        count of them says whether a field is still open at its end)."""
+        if not self.quoted and chunk.count(b'"') == 0:
+            return chunk.count(b"\n")
+        ended = 0
+        *lines, rest = chunk.split(b"\n")
+        for line in lines:
+            self.quoted ^= line.count(b'"') % 2 == 1
+            ended += not self.quoted
+        self.quoted ^= rest.count(b'"') % 2 == 1
+        return ended
+
+    def _end(self, *, finished: bool) -> None:
+        self.ended = True
+        job, options = self.job, self.options
         with transaction.atomic():
             ExportJob.objects.filter(pk=job.pk).update(
                 state=ExportState.DONE if finished else ExportState.FAILED,
-                rows_done=max(lines - (options.format == "csv"), 0),
+                rows_done=max(self.rows - self.csv, 0),  # less a CSV's header
                 error="" if finished else "The download stopped before its end.",
                 finished_at=timezone.now(),
             )

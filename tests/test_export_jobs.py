@@ -335,3 +335,33 @@ def test_the_direct_download_still_works(decided, client_for):
     response = client_for(decided.admin).get(reverse("project-export", args=[decided.project.pk]))
     assert response.status_code == 200
     assert len(b"".join(response.streaming_content).splitlines()) == Label.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)  # as served: each request ends its connection
+@pytest.mark.parametrize("read", [0, 1, None])
+def test_a_direct_download_records_how_it_ended_even_before_its_first_chunk(
+    decided, client_for, read
+):
+    """The browser leaves before the first chunk (0), after one (1), or reads it all (None):
+    the download's job is failed in the first two cases, done in the last with its rows
+    counted (a CSV field holding a newline is one row), never left running for the sweep."""
+    url = reverse("project-export", args=[decided.project.pk]) + "?format=csv"
+    response = client_for(decided.admin).get(url)
+    job = ExportJob.objects.get(origin="download")
+    assert job.state == ExportState.RUNNING
+    chunks = response.streaming_content
+    if read is None:
+        body = b"".join(chunks)  # the test client closes the response at its end
+    else:
+        for _ in range(read):
+            next(chunks)
+        response.close()  # what a WSGI server does when the client is gone
+    job.refresh_from_db()
+    if read is None:
+        assert job.state == ExportState.DONE
+        assert job.rows_done == Label.objects.count() == 5 and body.count(b"\n") == 7
+    else:
+        assert job.state == ExportState.FAILED
+        assert job.error == "The download stopped before its end."
+    response.close()  # closed twice (a server may): recorded once, unchanged
+    assert ExportJob.objects.get(pk=job.pk).state == job.state
