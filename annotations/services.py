@@ -1087,14 +1087,7 @@ def _label_write(
     else:
         label.edit_chars = char_distance(task.draft_text, final)
         label.edit_words = word_distance(task.draft_text, final)
-    # Of the draft against the kept text; an accept keeps the draft: 1 with nothing to compute.
-    label.rouge_l = (
-        1.0
-        if decision == Decision.ACCEPTED
-        else rouge_l(task.draft_text, final)
-        if decision == Decision.EDITED
-        else None
-    )
+    label.rouge_l = _kept_rouge(decision, task.draft_text, final)
     label.time_on_task_ms = time_on_task_ms
     fast = project.fast_accept_seconds * 1000
     label.fast_accept = (
@@ -1582,7 +1575,11 @@ def label_undo(*, task_id: int, reviewer: AbstractBaseUser) -> Task:
         else:
             for name in _RESTORED_FIELDS:
                 setattr(label, name, restored[name])
-            label.rouge_l = restored.get("rouge_l")  # not kept by audit rows before it was
+            if "rouge_l" in restored:
+                label.rouge_l = restored["rouge_l"]
+            else:  # an audit row from before it was kept (0028): computed as it was then
+                judged = Draft.objects.filter(pk=restored["draft"]).values_list("text", flat=True)
+                label.rouge_l = _kept_rouge(label.decision, judged.first() or "", label.text)
             # The earlier version's own signature, if it had one: not the undone one's.
             signed_at = restored.get("signed_at")
             label.signed_at = datetime.fromisoformat(signed_at) if signed_at else None
@@ -1628,6 +1625,14 @@ def _repeats(label, client_id, decision, draft_id, text, reason, regions) -> boo
         asked["text"] = text
     saved = _label_state(label)
     return all(saved[key] == value for key, value in asked.items())
+
+
+def _kept_rouge(decision: str, draft_text: str, final: str) -> float | None:
+    """A reading's ROUGE-L, of the draft against the kept text: 1 for an accept (it keeps
+    the draft, nothing to compute), none for a reject."""
+    if decision == Decision.ACCEPTED:
+        return 1.0
+    return rouge_l(draft_text, final) if decision == Decision.EDITED else None
 
 
 def _label_state(label: Label | None) -> dict | None:

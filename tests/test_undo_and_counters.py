@@ -25,6 +25,7 @@ from annotations.models import (
     Task,
     TaskState,
 )
+from annotations.rouge import rouge_l
 from tests.factories import make_drafted_task, make_task, record_draft
 
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "decision"}
@@ -208,6 +209,30 @@ def test_undo_of_a_changed_decision_restores_the_earlier_one(people, client_for)
     task.refresh_from_db()
     assert (task.state, task.outcome) == (TaskState.DRAFTED, "edited")
     assert AuditEvent.objects.filter(task=task, action="label.record").count() == 2
+
+
+def test_undo_of_a_decision_recorded_before_rouge_l_was_kept_computes_it(people, client_for):
+    """Audit rows written before 0028 have no ROUGE-L: undo computes the earlier version's,
+    as its decision would have, rather than leaving it empty."""
+    drafted = "Benign compound naevus, no atypia."
+    task = make_drafted_task(people.project, text=drafted)
+    client = client_for(people.pathologist)
+    decide(client, task, "edited", htmx=False, queue=False, text="Benign naevus.")
+    label = Label.objects.get(task=task)
+    # An accept over it, recorded as the code before 0028 did: no "rouge_l" in its states.
+    older = services._label_state(label)
+    label.decision, label.text, label.revision, label.rouge_l = "accepted", drafted, 2, 1
+    label.save()
+    newer = services._label_state(label)
+    older.pop("rouge_l"), newer.pop("rouge_l")
+    services.audit_record(
+        action="label.record", actor=people.pathologist, task=task, before=older, after=newer
+    )
+    services.label_undo(task_id=task.pk, reviewer=people.pathologist)
+    label.refresh_from_db()
+    assert (label.decision, label.text, label.revision) == ("edited", "Benign naevus.", 3)
+    assert label.rouge_l == pytest.approx(rouge_l(drafted, "Benign naevus."))
+    assert 0 < label.rouge_l < 1
 
 
 def test_undo_works_once_per_decision(people, client_for):
