@@ -342,6 +342,10 @@ class Task(models.Model):
     # The newest draft's prompt version: 0 the modality's default prompt, -1 no draft yet.
     prompt_version = models.IntegerField(default=-1)
     draft_truncated = models.BooleanField(default=False)
+    # The image's file name (`Image.original_name`), for the list's sort by name from an
+    # index. Set by the database (a trigger of migration 0031, on every insert and change
+    # of image, whoever writes the row): whatever is saved here is replaced.
+    file_name = models.CharField(max_length=255, default="", editable=False)
 
     class Meta:
         ordering = ["id"]
@@ -368,6 +372,7 @@ class Task(models.Model):
             models.Index(fields=["project", "readings_count", "id"], name="task_readings"),
             models.Index(fields=["project", "decided_at", "id"], name="task_decided"),
             models.Index(fields=["project", "prompt_version", "id"], name="task_prompt"),
+            models.Index(fields=["project", "file_name", "id"], name="task_file_name"),
             models.Index(
                 fields=["project", "id"],
                 name="task_to_read",

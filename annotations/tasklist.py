@@ -63,7 +63,7 @@ DATE_OF = (("reading", "Last decision of a reading"), ("task", "Task created"))
 # null, so a page is an index scan from its cursor and the seek needs no NULL cases.
 SORTS = {
     "id": "id",
-    "name": "image__original_name",
+    "name": "file_name",
     "state": "state",
     "outcome": "outcome",
     "readings": "readings_count",
@@ -343,9 +343,7 @@ def task_page(
 
 
 def _cursor_of(task: Task, sort: str) -> str:
-    column = SORTS[sort]
-    key = task.image.original_name if sort == "name" else getattr(task, column)
-    return cursor_encode(key, task.pk)
+    return cursor_encode(getattr(task, SORTS[sort]), task.pk)
 
 
 def reviewer_choices(project: Project, user, *, blind: bool) -> list[str]:

@@ -24,7 +24,7 @@ from annotations.models import (
     TaskState,
 )
 from annotations.services import membership_set
-from tests.factories import draft_fields, make_drafted_task, make_image
+from tests.factories import draft_fields, make_drafted_task, make_image, make_task
 
 pytestmark = pytest.mark.django_db
 
@@ -631,7 +631,7 @@ def test_the_migration_indexes_names_and_manifests(db):
     assert "(project_id, id)" in indexes["task_project_id"]
 
 
-@pytest.mark.parametrize("column", ["readings", "decided", "prompt"])
+@pytest.mark.parametrize("column", ["readings", "decided", "prompt", "name"])
 def test_each_sort_is_an_index_scan_on_10000_tasks(big, people, column):
     """The sort columns are stored on the task with an index each: a page reads its 51 rows
     from the index, never counts every task's readings."""
@@ -641,6 +641,46 @@ def test_each_sort_is_an_index_scan_on_10000_tasks(big, people, column):
     plan = tasks.order_by(*order)[:51].explain()
     assert "Index Scan" in plan and "Sort" not in plan.split("Index")[0], plan
     assert "annotations_label" not in plan
+
+
+def test_the_file_name_is_kept_on_the_task_by_the_database_whoever_writes_it(people):
+    """Created by the ORM, in bulk, by plain SQL, or saved with a wrong name: the task's
+    `file_name` is its image's name, and follows a change of image."""
+    one = make_task(people.project, image=make_image(original_name="b-one.svs"))
+    bulk = Task.objects.bulk_create(
+        [
+            Task(
+                project=people.project,
+                image=make_image(original_name="a-bulk.jpg"),
+                file_name="lie",
+            )
+        ]
+    )[0]
+    plain = make_image(original_name="c-plain.ndpi")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO annotations_task (project_id, image_id, state, error, metadata, "
+            "attempt, message_pending, lost_attempts, created_at, updated_at, review_state, "
+            "outcome, readings_count, decided_at, prompt_version, draft_truncated, file_name) "
+            "VALUES (%s, %s, 'new', '', '{}', 0, false, 0, now(), now(), 'open', '', 0, "
+            "%s, -1, false, '') RETURNING id",
+            [people.project.pk, plain.pk, NO_DECISION],
+        )
+        raw = Task.objects.get(pk=cursor.fetchone()[0])
+    names = dict(Task.objects.values_list("pk", "file_name"))
+    assert (names[one.pk], names[bulk.pk], names[raw.pk]) == (
+        "b-one.svs",
+        "a-bulk.jpg",
+        "c-plain.ndpi",
+    )
+    one.file_name = "wrong"
+    one.image = make_image(original_name="d-moved.tif")
+    one.save()
+    assert Task.objects.get(pk=one.pk).file_name == "d-moved.tif"
+    f = tasklist.TaskFilter(sort="name")
+    tasks = tasklist.tasks_matching(people.project, f, user=people.project_admin, blind=False)
+    page = tasklist.task_page(tasks, f)
+    assert [t.file_name for t in page.tasks] == ["a-bulk.jpg", "c-plain.ndpi", "d-moved.tif"]
 
 
 def stored(task: Task) -> tuple:
