@@ -201,10 +201,11 @@ def export_download_start(
 def export_download_chunks(
     job: ExportJob, options: exports.ExportOptions, chunks: Iterable[bytes]
 ) -> Iterable[bytes]:
-    """`chunks`, streamed, then the download's record finished: done, with its rows (lines,
-    less a CSV's header) and the tasks it included (`exported_tasks_record`), once the
-    last chunk was handed over; failed, with no task included, if the download stopped
-    before (the browser left, or making it failed), even before its first chunk."""
+    """`chunks`, streamed, then the download's record finished: done, with its rows (a
+    line each; a CSV's end outside quotes, less its header) and the tasks it included
+    (`exported_tasks_record`), once the last chunk was handed over; failed, with no task
+    included, if the download stopped before (the browser left, or making it failed), even
+    before its first chunk."""
     return _Download(job, options, chunks)
 
 
@@ -246,7 +247,7 @@ class _Download:
     def _csv_rows(self, chunk: bytes) -> int:
         """The CSV rows that end in `chunk` (quotes inside a field are doubled: a line's
         count of them says whether a field is still open at its end)."""
-        if not self.quoted and chunk.count(b'"') == 0:
+        if not self.quoted and b'"' not in chunk:
             return chunk.count(b"\n")
         ended = 0
         *lines, rest = chunk.split(b"\n")
