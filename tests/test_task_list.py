@@ -7,7 +7,7 @@ import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -681,6 +681,11 @@ def test_the_file_name_is_kept_on_the_task_by_the_database_whoever_writes_it(peo
     tasks = tasklist.tasks_matching(people.project, f, user=people.project_admin, blind=False)
     page = tasklist.task_page(tasks, f)
     assert [t.file_name for t in page.tasks] == ["a-bulk.jpg", "c-plain.ndpi", "d-moved.tif"]
+    # An image that does not exist is still the foreign key's refusal, not the trigger's.
+    with pytest.raises(IntegrityError, match="image_id"), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # checked now, not at commit
+        Task.objects.create(project=people.project, image_id=10**9)
 
 
 def stored(task: Task) -> tuple:

@@ -13,8 +13,9 @@ FILE_NAME_TRIGGER = """
 CREATE OR REPLACE FUNCTION annotations_task_file_name() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT i.original_name INTO STRICT NEW.file_name
-    FROM annotations_image i WHERE i.id = NEW.image_id;
+    -- No image: blank, and the foreign key refuses the row as it did before.
+    NEW.file_name := coalesce(
+        (SELECT i.original_name FROM annotations_image i WHERE i.id = NEW.image_id), '');
     RETURN NEW;
 END;
 $$;
