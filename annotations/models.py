@@ -168,7 +168,10 @@ class PromptTemplate(models.Model):
     """One version of a project's prompt. Never edited: a change is a new version, so every
     draft keeps pointing at the exact template that produced it."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompt_templates")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="prompt_templates", db_index=False
+    )
     version = models.PositiveIntegerField()
     system = models.TextField(blank=True)
     instruction = models.TextField()
@@ -189,7 +192,10 @@ class PromptTemplate(models.Model):
 
 
 class Membership(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="memberships", db_index=False
+    )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
@@ -439,7 +445,10 @@ class ReaderCounters(models.Model):
     """One reader's labels in one project, kept with each decision and undo (the queue's
     "k of N" reads it instead of counting their labels)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reader_counters")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="reader_counters", db_index=False
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reader_counters"
     )
@@ -459,7 +468,10 @@ class AgreementCell(models.Model):
     `annotations.agreement.task_cells`), changed with each reading: the project page reads
     these few rows, never the labels."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agreement")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="agreement", db_index=False
+    )
     key = models.CharField(max_length=40)
     value = models.BigIntegerField(default=0)
 
@@ -478,9 +490,12 @@ class Claim(models.Model):
     unless the open page renews it, and a decision releases it
     (`annotations.services.claim_next`)."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="claims")
+    # No index of their own: claim_one_per_reader starts with the task and
+    # claim_reviewer_expiry with the reviewer (a decision renews a claim: every index of
+    # the table gets an entry).
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="claims", db_index=False)
     reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims", db_index=False
     )
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -505,7 +520,8 @@ class Claim(models.Model):
 class Draft(models.Model):
     """AI output for one task, with everything needed to reproduce it."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="drafts")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="drafts", db_index=False)
     attempt = models.PositiveIntegerField()
     text = models.TextField()
     backend = models.CharField(max_length=100)
@@ -625,7 +641,10 @@ class EditAutosave(models.Model):
     """The text a reviewer is editing, saved as they type: a closed tab loses nothing.
     Deleted when they decide."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="autosaves")
+    # No index of its own: autosave_once_per_reviewer starts with it.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="autosaves", db_index=False
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="autosaves"
     )
@@ -676,7 +695,10 @@ class Sentinel(models.Model):
 class SentinelReading(models.Model):
     """A reader's decision on a sentinel: whether they caught its deliberate error."""
 
-    sentinel = models.ForeignKey(Sentinel, on_delete=models.CASCADE, related_name="readings")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    sentinel = models.ForeignKey(
+        Sentinel, on_delete=models.CASCADE, related_name="readings", db_index=False
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sentinel_readings"
     )
@@ -804,7 +826,10 @@ class ExportJob(models.Model):
     is recorded as a job too, once it ended, so that task histories list it: it has no file
     here and is never offered."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="export_jobs")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="export_jobs", db_index=False
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -892,7 +917,10 @@ class UploadBatch(models.Model):
     """The files a user sends from one visit of the upload page, ingested together when the
     page says they are all in (a DICOM series or a MIRAX folder stays one image)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="upload_batches")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="upload_batches", db_index=False
+    )
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -974,8 +1002,10 @@ class ExportedTask(models.Model):
     """A task an export job's file included: written once, when the job finishes, by one
     INSERT ... SELECT with the export's own filter (`exportjobs.export_job_run`)."""
 
-    job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="+")
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="exports")
+    # No index of their own: exportedtask_once starts with the job, exportedtask_task with
+    # the task.
+    job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="+", db_index=False)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="exports", db_index=False)
 
     class Meta:
         constraints = [
@@ -995,7 +1025,8 @@ class ReviewDay(models.Model):
     sums of squares and histograms (a median cannot be summed: it is estimated from the
     histogram)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: reviewday_once starts with it.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", db_index=False)
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
     )
@@ -1030,7 +1061,8 @@ class DraftDay(models.Model):
     seconds per draft (sum and squares), failures by reason, and the queue depth seen at
     each drafting write. Kept with the draft's or the failure's own write."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: draftday_once starts with it.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", db_index=False)
     day = models.DateField()
     drafts = models.BigIntegerField(default=0)
     truncated = models.BigIntegerField(default=0)
@@ -1060,7 +1092,8 @@ class ArmDay(models.Model):
     its figures, an undo takes them back). Kept with the draft's write and in the
     decision's own statement (`annotations.insights`), like ReviewDay and DraftDay."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: armday_once starts with it.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", db_index=False)
     prompt_version = models.PositiveIntegerField()
     model_revision = models.CharField(max_length=100, blank=True)
     day = models.DateField()
@@ -1130,7 +1163,10 @@ class ComparisonDraft(models.Model):
     """A candidate draft of a comparison for one sampled task. Never the task's draft: the
     task's drafts, labels, review state and exports do not see it."""
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="drafts")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.CASCADE, related_name="drafts", db_index=False
+    )
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="comparison_drafts")
     # The task's draft when sampled: what the baseline arm's readings judged.
     baseline = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="+")
@@ -1175,7 +1211,10 @@ class ComparisonReading(models.Model):
     """A reader's decision on a comparison draft: the candidate arm's reading. Never a
     label, never exported."""
 
-    draft = models.ForeignKey(ComparisonDraft, on_delete=models.CASCADE, related_name="readings")
+    # No index of its own: one of the constraints or indexes below starts with it.
+    draft = models.ForeignKey(
+        ComparisonDraft, on_delete=models.CASCADE, related_name="readings", db_index=False
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="comparison_readings"
     )
