@@ -225,9 +225,7 @@ class _Download:
 
     def close(self) -> None:
         self.stream.close()  # a started stream ends its record in its `finally`
-        if not self.ended:
-            if hasattr(self.chunks, "close"):
-                self.chunks.close()
+        if not self.ended:  # never started: nothing of the export was made
             self._end(finished=False)
 
     def _stream(self) -> Iterator[bytes]:

@@ -168,7 +168,7 @@ class PromptTemplate(models.Model):
     """One version of a project's prompt. Never edited: a change is a new version, so every
     draft keeps pointing at the exact template that produced it."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: prompt_version_once starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="prompt_templates", db_index=False
     )
@@ -192,7 +192,7 @@ class PromptTemplate(models.Model):
 
 
 class Membership(models.Model):
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: membership_unique starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="memberships", db_index=False
     )
@@ -445,7 +445,7 @@ class ReaderCounters(models.Model):
     """One reader's labels in one project, kept with each decision and undo (the queue's
     "k of N" reads it instead of counting their labels)."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: reader_counters_once starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="reader_counters", db_index=False
     )
@@ -468,7 +468,7 @@ class AgreementCell(models.Model):
     `annotations.agreement.task_cells`), changed with each reading: the project page reads
     these few rows, never the labels."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: agreement_cell_once starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="agreement", db_index=False
     )
@@ -520,7 +520,7 @@ class Claim(models.Model):
 class Draft(models.Model):
     """AI output for one task, with everything needed to reproduce it."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: draft_once_per_attempt starts with it.
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="drafts", db_index=False)
     attempt = models.PositiveIntegerField()
     text = models.TextField()
@@ -695,7 +695,7 @@ class Sentinel(models.Model):
 class SentinelReading(models.Model):
     """A reader's decision on a sentinel: whether they caught its deliberate error."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: sentinel_read_once starts with it.
     sentinel = models.ForeignKey(
         Sentinel, on_delete=models.CASCADE, related_name="readings", db_index=False
     )
@@ -826,7 +826,7 @@ class ExportJob(models.Model):
     is recorded as a job too, once it ended, so that task histories list it: it has no file
     here and is never offered."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: exportjob_project_recent starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="export_jobs", db_index=False
     )
@@ -917,7 +917,7 @@ class UploadBatch(models.Model):
     """The files a user sends from one visit of the upload page, ingested together when the
     page says they are all in (a DICOM series or a MIRAX folder stays one image)."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: uploadbatch_project_recent starts with it.
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="upload_batches", db_index=False
     )
@@ -1163,7 +1163,7 @@ class ComparisonDraft(models.Model):
     """A candidate draft of a comparison for one sampled task. Never the task's draft: the
     task's drafts, labels, review state and exports do not see it."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: comparison_task_once starts with it.
     comparison = models.ForeignKey(
         Comparison, on_delete=models.CASCADE, related_name="drafts", db_index=False
     )
@@ -1211,7 +1211,7 @@ class ComparisonReading(models.Model):
     """A reader's decision on a comparison draft: the candidate arm's reading. Never a
     label, never exported."""
 
-    # No index of its own: one of the constraints or indexes below starts with it.
+    # No index of its own: comparison_read_once starts with it.
     draft = models.ForeignKey(
         ComparisonDraft, on_delete=models.CASCADE, related_name="readings", db_index=False
     )
